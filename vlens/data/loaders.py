@@ -1,0 +1,171 @@
+"""Loading ValueInsight: the files shipped with vlens, the authors' original layout, user files."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlens._io import sha256_json
+from vlens.data.schemas import DataFormatError, read_records
+from vlens.values import AUTHOR_KEYS, DIMENSIONS
+
+SHIPPED_DIR = Path(__file__).parent / "valueinsight"
+
+
+@dataclass
+class ValueData:
+    """All of ValueInsight (or a user's replacement) as plain lists of validated records."""
+
+    descriptions: list[dict[str, Any]]
+    questions: list[dict[str, Any]]
+    dilemmas: list[dict[str, Any]] = field(default_factory=list)
+    portrait_items: list[dict[str, Any]] = field(default_factory=list)
+    neutral_text: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "vlens ValueInsight"
+
+    def parts(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "descriptions": self.descriptions,
+            "questions": self.questions,
+            "dilemmas": self.dilemmas,
+            "portrait_items": self.portrait_items,
+            "neutral_text": self.neutral_text,
+        }
+
+    @property
+    def sha256(self) -> str:
+        """A hash of every record: results carry it, so they name exactly the data they came from."""
+        return sha256_json(self.parts())
+
+    def questions_of(self, split: str) -> list[dict[str, Any]]:
+        return [q for q in self.questions if q["split"] == split]
+
+    def counts(self) -> dict[str, Any]:
+        """Counts per part and per dimension (and pole / split), for data cards and `vlens data`."""
+        out: dict[str, Any] = {}
+        for name, recs in self.parts().items():
+            by: dict[str, int] = {}
+            for r in recs:
+                key = r.get("dimension", r.get("basic_value", "all"))
+                if "pole" in r:
+                    key += f" {r['pole']}"
+                if "split" in r:
+                    key += f" {r['split']}"
+                by[key] = by.get(key, 0) + 1
+            out[name] = {"total": len(recs), **dict(sorted(by.items()))}
+        return out
+
+
+def _read_dir(folder: Path, kind: str) -> list[dict[str, Any]]:
+    """Records of ``kind`` from ``folder/kind.jsonl`` or every file in ``folder/kind/``."""
+    single = folder / f"{kind}.jsonl"
+    if single.exists():
+        return read_records(single, kind)
+    sub = folder / kind
+    files = sorted(sub.glob("*.jsonl")) if sub.is_dir() else []
+    records = [r for f in files for r in read_records(f, kind)]
+    ids = [r["id"] for r in records]
+    if len(ids) != len(set(ids)):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise DataFormatError(f"{sub}: duplicate ids across files: {dup}")
+    return records
+
+
+def load_value_data(data_dir: str | os.PathLike | None = None) -> ValueData:
+    """Load and validate every part of ValueInsight (the shipped copy unless ``data_dir`` is given).
+
+    ``data_dir`` may hold ``descriptions.jsonl`` or ``descriptions/*.jsonl`` (and likewise
+    ``questions``, ``dilemmas``, ``portrait_items``, ``neutral_text``); descriptions and
+    questions are required, the rest optional.
+    """
+    folder = Path(data_dir) if data_dir else SHIPPED_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of ValueInsight files")
+    parts = {kind: _read_dir(folder, kind) for kind in ("descriptions", "questions", "dilemmas", "portrait_items", "neutral_text")}
+    for kind in ("descriptions", "questions"):
+        if not parts[kind]:
+            raise DataFormatError(f"{folder}: no {kind} found (expected {kind}.jsonl or {kind}/*.jsonl)")
+    return ValueData(**parts, source="vlens ValueInsight" if data_dir is None else str(folder))
+
+
+def load_author_layout(folder: str | os.PathLike) -> ValueData:
+    """Load the original ValueInsight files in the authors' layout.
+
+    ``value_descrption.json`` (sic): JSON lines ``{"<Dimension>[_reversed]": text}``;
+    ``search/<Dimension>.json`` and ``test/<Dimension>.json``: JSON lines with ``question``
+    (test files also ``question_id``).
+    """
+    folder = Path(folder)
+    desc_file = folder / "value_descrption.json"
+    if not desc_file.exists():
+        raise FileNotFoundError(f"{desc_file} not found: expected the authors' layout (value_descrption.json, search/, test/)")
+    descriptions, counters = [], {}
+    for lineno, line in enumerate(desc_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{desc_file}, line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict) or len(row) != 1:
+            raise DataFormatError(f"{where}: expected one key (a dimension name, optionally _reversed)")
+        ((key, text),) = row.items()
+        if key not in AUTHOR_KEYS:
+            raise DataFormatError(f"{where}: unknown dimension key {key!r} (expected one of {', '.join(AUTHOR_KEYS)})")
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(f"{where}: empty or non-string description")
+        dim, pole = AUTHOR_KEYS[key]
+        n = counters[key] = counters.get(key, 0) + 1
+        # The authors' file does not tag basic values; record the dimension's first as unknown-specific.
+        descriptions.append(
+            {"id": f"{key}.{n:03d}", "dimension": dim, "pole": pole, "value": DIMENSIONS[dim].basic_values[0],
+             "subvalue": "untagged (authors' file)", "text": text}
+        )  # fmt: skip
+    questions = []
+    for split in ("search", "test"):
+        for dim in DIMENSIONS:
+            path = folder / split / f"{dim}.json"
+            if not path.exists():
+                continue
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                where = f"{path}, line {lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from err
+                if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+                    raise DataFormatError(f"{where}: missing or empty field 'question'")
+                qid = str(row.get("question_id", lineno))
+                questions.append({"id": f"{split}.{dim}.{qid}", "dimension": dim, "domain": "unspecified", "split": split, "text": row["question"]})
+    if not questions:
+        raise DataFormatError(f"{folder}: no questions in search/<Dimension>.json or test/<Dimension>.json")
+    return ValueData(descriptions=descriptions, questions=questions, source=f"authors' layout: {folder}")
+
+
+def load_valueinsight(data_dir: str | os.PathLike | None = None, *, layout: str = "vlens") -> Any:
+    """ValueInsight as a Hugging Face ``datasets.DatasetDict``.
+
+    Splits: ``descriptions``, ``search`` and ``test`` (the situational questions),
+    ``dilemmas``, ``portrait_items``, ``neutral_text`` (those present). ``layout="authors"``
+    reads the authors' original files instead of vlens' own.
+    """
+    from datasets import Dataset, DatasetDict
+
+    data = load_author_layout(data_dir) if layout == "authors" else load_value_data(data_dir) if layout == "vlens" else None
+    if data is None:
+        raise ValueError(f"layout must be 'vlens' or 'authors', got {layout!r}")
+    splits = {
+        "descriptions": data.descriptions,
+        "search": data.questions_of("search"),
+        "test": data.questions_of("test"),
+        "dilemmas": data.dilemmas,
+        "portrait_items": data.portrait_items,
+        "neutral_text": data.neutral_text,
+    }
+    return DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})

@@ -1,0 +1,137 @@
+"""Record schemas of ValueInsight files and their validation.
+
+Every loader goes through :func:`read_records`, so a malformed file — shipped or the
+user's own — is rejected with an error naming the file, the line and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlens.values import BASIC_VALUES, DIMENSIONS, POLES, REFINED_VALUES
+
+SPLITS = ("search", "test")
+
+
+class DataFormatError(ValueError):
+    """A data file does not follow its vlens schema."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    required: bool = True
+    check: Callable[[Any], str | None] | None = None  # returns a problem description or None
+    default: Any = None
+
+
+def _one_of(allowed: tuple[str, ...] | list[str], what: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in allowed else f"unknown {what} {v!r} (expected one of: {', '.join(allowed)})"
+
+    return check
+
+
+_dimension = _one_of(tuple(DIMENSIONS), "dimension")
+_pole = _one_of(POLES, "pole")
+_basic = _one_of(BASIC_VALUES, "basic value")
+_any_value = _one_of(BASIC_VALUES + tuple(REFINED_VALUES), "value")
+_split = _one_of(SPLITS, "split")
+
+# kind -> fields. Text fields are checked for type and emptiness by read_records.
+SCHEMAS: dict[str, tuple[Field, ...]] = {
+    "descriptions": (
+        Field("id"), Field("dimension", check=_dimension), Field("pole", check=_pole),
+        Field("value", check=_basic), Field("subvalue", required=False, default=""), Field("text"),
+    ),
+    "questions": (
+        Field("id"), Field("dimension", check=_dimension), Field("domain", required=False, default="unspecified"),
+        Field("split", required=False, check=_split, default="search"), Field("text"),
+    ),
+    "dilemmas": (
+        Field("id"), Field("dimension", check=_dimension), Field("domain", required=False, default="unspecified"),
+        Field("context"), Field("option_plus"), Field("option_minus"),
+    ),
+    "portrait_items": (
+        Field("id"), Field("text"), Field("value", check=_any_value), Field("basic_value", required=False, check=_basic),
+    ),
+    "neutral_text": (Field("id"), Field("topic", required=False, default=""), Field("text")),
+}  # fmt: skip
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed row) for a JSON Lines or CSV file."""
+    if not path.exists():
+        raise DataFormatError(f"{path}: file not found")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(f))]  # line 1 is the header
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
+    return rows
+
+
+def validate_record(row: Any, kind: str, where: str) -> dict[str, Any]:
+    """Check one record against the ``kind`` schema; return it with defaults filled in."""
+    if not isinstance(row, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    out: dict[str, Any] = {}
+    for f in SCHEMAS[kind]:
+        if f.name not in row or row[f.name] is None or row[f.name] == "" and not f.required:
+            if f.required:
+                raise DataFormatError(f"{where}: missing field {f.name!r} (a {kind} record needs {_required(kind)})")
+            if f.default is not None:
+                out[f.name] = f.default
+            elif kind == "portrait_items" and f.name == "basic_value":
+                out[f.name] = REFINED_VALUES.get(row["value"], row["value"])
+            continue
+        value = row[f.name]
+        if not isinstance(value, str):
+            raise DataFormatError(f"{where}: field {f.name!r} must be a string, got {type(value).__name__} {value!r}")
+        if not value.strip():
+            raise DataFormatError(f"{where}: field {f.name!r} is empty")
+        if f.check and (problem := f.check(value)):
+            raise DataFormatError(f"{where}: {problem}")
+        out[f.name] = value
+    return out
+
+
+def _required(kind: str) -> str:
+    return ", ".join(f.name for f in SCHEMAS[kind] if f.required)
+
+
+def read_records(path: str | os.PathLike, kind: str) -> list[dict[str, Any]]:
+    """Read and validate a JSON Lines (``.jsonl``/``.json``) or ``.csv`` file of ``kind`` records."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {', '.join(SCHEMAS)}")
+    path = Path(path)
+    records, seen = [], {}
+    for lineno, row in _rows(path):
+        where = f"{path}, line {lineno}"
+        rec = validate_record(row, kind, where)
+        if rec["id"] in seen:
+            raise DataFormatError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = lineno
+        records.append(rec)
+    if not records:
+        raise DataFormatError(f"{path}: no records")
+    return records
+
+
+def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    from vlens._io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
