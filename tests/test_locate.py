@@ -10,7 +10,7 @@ from vlens.locate import LocateResult, from_stats, locate
 
 
 def test_locate_returns_sets_per_dimension_and_pole(tmp_path, tiny_llama, small_data):
-    result = locate(tiny_llama, small_data, selection="top_k:10", batch_size=4, progress=False)
+    result = locate(tiny_llama, small_data, selection="top_k:10", batch_size=4, progress=False, hist_edges="auto")
     assert set(result.neuron_sets) == {f"{d}:{p}" for d in ("Conservation", "Self-Transcendence") for p in "+-"}
     s = result["Conservation:+"]
     assert len(s) == 10 and s.provenance["model_fingerprint"] == vlens.model_info(tiny_llama).fingerprint

@@ -85,14 +85,14 @@ class NeuronStats:
             self._add_hist(layer_pos, a, w)
 
     def _add_hist(self, layer_pos: int, a: Tensor, w: Tensor) -> None:
-        n_bins = self.hist.shape[-1]
+        # Each row belongs to one class, so index (class, neuron, bin) per token and neuron and
+        # count with one bincount, weighted by whether the token is selected.
+        n_bins, n_cls, n = self.hist.shape[-1], w.shape[-1], a.shape[-1]
         bins = torch.bucketize(a.contiguous(), self.hist_edges.to(a.device), right=True)  # [b, p, n]
-        n_cls, n = w.shape[-1], a.shape[-1]
-        # flat index (class, neuron, bin) for each (token, class) with weight w
-        flat = einops.rearrange(torch.arange(n, device=a.device), "n -> 1 1 1 n") * n_bins + bins.unsqueeze(2)
-        flat = flat + einops.rearrange(torch.arange(n_cls, device=a.device), "c -> 1 1 c 1") * (n * n_bins)
-        wt = einops.repeat(w, "b p c -> b p c n", n=n)
-        counts = torch.bincount(flat.reshape(-1), weights=wt.reshape(-1), minlength=n_cls * n * n_bins)
+        cls = einops.rearrange(w.argmax(-1), "b p -> b p 1")
+        flat = (cls * n + torch.arange(n, device=a.device)) * n_bins + bins
+        weight = einops.repeat(w.sum(-1), "b p -> b p n", n=n)
+        counts = torch.bincount(flat.reshape(-1), weights=weight.reshape(-1), minlength=n_cls * n * n_bins)
         self.hist[:, layer_pos] += counts.reshape(n_cls, n, n_bins)
 
     def add_token_counts(self, weights: Float[Tensor, "batch pos cls"], row_classes: Tensor | None = None) -> None:

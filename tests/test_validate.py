@@ -1,0 +1,108 @@
+"""Orientation metrics, batched conditions, random controls and the validation table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import vlens
+from vlens.data import DataFormatError
+from vlens.evaluate import Instruments, evaluate_edits, portrait_scores
+from vlens.interventions import Edit, value_edit
+from vlens.locate import locate
+from vlens.validate import ValidationResult, random_like, validate
+
+
+@pytest.fixture(scope="module")
+def instruments():
+    data = vlens.load_value_data()
+    return Instruments.default(data, max_dilemmas=2, max_portrait=6, max_neutral=2)
+
+
+@pytest.fixture(scope="module")
+def located(tiny_llama, small_data):
+    return locate(tiny_llama, small_data, selection="top_k:8", progress=False)
+
+
+def test_batched_conditions_equal_the_per_condition_loop(tiny_llama, located, instruments):
+    shape = (3, 96)
+    t, o = located["Conservation:+"], located["Conservation:-"]
+    edits = [Edit.identity(*shape)] + [value_edit(shape, t, o, g, seed=1) for g in (0.5, 3.0)] + [value_edit(shape, o, t, 2.0, mode="boost_only")]
+    batched = evaluate_edits(tiny_llama, edits, instruments, batch_size=7)
+    for i, e in enumerate(edits[1:], 1):
+        alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3)[1]
+        for key in ("orientation", "letter_orientation", "portrait"):
+            for dim, v in alone[key].items():
+                assert batched[i][key][dim] == pytest.approx(v, abs=1e-5)
+        assert batched[i]["kl"] == pytest.approx(alone["kl"], abs=1e-5)
+        assert batched[i]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-5)
+    assert batched[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert batched[2]["kl"] > batched[1]["kl"] > 0  # a stronger edit costs more
+
+
+def test_pure_position_bias_scores_exactly_one_half(tiny_llama, instruments):
+    """A model that always answers "A" has orientation 0.5 once the option order is counterbalanced."""
+    a_id = tiny_llama.tokenizer("A", add_special_tokens=False)["input_ids"][0]
+
+    def always_a(logits, hook):
+        logits[..., a_id] += 50.0
+        return logits
+
+    with tiny_llama.hooks(fwd_hooks=[("unembed.hook_out", always_a)]):
+        m = evaluate_edits(tiny_llama, [Edit.identity(3, 96)], instruments)[0]
+    assert m["position_bias_A"] == pytest.approx(1.0, abs=1e-6)
+    for v in m["letter_orientation"].values():
+        assert v == pytest.approx(0.5, abs=1e-6)
+
+
+def test_portrait_scores_by_hand():
+    items = [{"value": "Security-Personal", "basic_value": "Security"}, {"value": "Stimulation", "basic_value": "Stimulation"}]
+    logp = [torch.log(torch.tensor([1.0, 0, 0, 0, 0, 0]) + 1e-12), torch.log(torch.tensor([0, 0, 0, 0, 0, 1.0]) + 1e-12)]
+    scores = portrait_scores(logp, items)  # ratings 1 and 6, mean 3.5 -> centred -2.5 and +2.5
+    assert scores["Conservation"] == pytest.approx(-2.5, abs=1e-6)
+    assert scores["Openness_to_Change"] == pytest.approx(2.5, abs=1e-6)
+    assert "Self-Enhancement" not in scores
+
+
+def test_random_sets_match_layers_and_are_seeded(located):
+    ns = located["Conservation:+"]
+    a, b, c = (random_like(ns, s, stats=located.stats) for s in (1, 1, 2))
+    assert torch.equal(a.counts_per_layer(), ns.counts_per_layer())
+    assert torch.equal(a.neurons, b.neurons) and not torch.equal(a.neurons, c.neurons)
+    excl = random_like(ns, 1, stats=located.stats, exclude=ns.mask())
+    assert not (excl.mask() & ns.mask()).any()
+    freq = random_like(ns, 4, stats=located.stats, match_frequency=True)
+    assert torch.equal(freq.counts_per_layer(), ns.counts_per_layer())
+    assert a.delta is not None and a.act_prob is not None
+
+
+def test_validate_table_and_summary(tmp_path, tiny_llama, located, instruments):
+    result = validate(tiny_llama, located, instruments=instruments, dimensions=["Conservation"], gammas=[1.0], n_random=3,
+                      batch_size=16, progress=False)  # fmt: skip
+    t = result.table
+    assert list(t.columns) == ["steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured", "value"]
+    assert set(t.source) == {"none", "value", "random"} and set(t["mode"]) >= {"paper", "boost_only", "clamp_only"}
+    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 3  # 2 directions x 3 seeds
+    s = result.summary()
+    paper = s[s["mode"] == "paper"]
+    assert len(paper) == 2 and paper["z"].notna().all() and paper["p"].between(0, 1).all()
+    assert (s.kl >= 0).all()
+    result.save(tmp_path)
+    back = ValidationResult.load(tmp_path)
+    assert len(back.table) == len(t) and back.meta["n_random"] == 3
+
+
+def test_validate_bad_input(tiny_llama, located, instruments, tmp_path):
+    with pytest.raises(ValueError, match="finite"):
+        validate(tiny_llama, located, instruments=instruments, gammas=[math.nan], progress=False)
+    with pytest.raises(ValueError, match="n_random"):
+        validate(tiny_llama, located, instruments=instruments, n_random=1, progress=False)
+    with pytest.raises(ValueError, match="another model"):
+        validate(vlens.tiny_model("gpt2"), located, instruments=instruments, progress=False)
+    bad = tmp_path / "dilemmas.jsonl"
+    bad.write_text(json.dumps({"id": "x", "dimension": "Conservation", "context": "c", "option_plus": "p"}) + "\n")
+    with pytest.raises(DataFormatError, match="dilemmas.jsonl, line 1: missing field 'option_minus'"):
+        Instruments.from_files(dilemmas=bad)

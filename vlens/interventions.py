@@ -1,0 +1,324 @@
+"""Edits of MLP neurons at ``blocks.{l}.mlp.hook_post``, as context managers that always remove their hooks.
+
+Every edit is an :class:`Edit`: dense ``[n_layers, d_mlp]`` tensors saying, per neuron,
+what happens to its activation ``a`` at each forward step::
+
+    a <- set_value            where set_mask      (ablate, patch)
+    a <- scale * a            elsewhere           (scale)
+    a <- min(a, 0)            where clamp_mask    (clamp; the paper's edit of the opposing set)
+    a <- a + boost * keep     keep ~ Bernoulli(keep_prob), redrawn every step, seeded
+
+Several edits can run in one forward pass: :func:`apply` takes a list of edits and the
+condition of every batch row, so gamma values x neuron sets x random seeds are evaluated
+by expanding the batch instead of looping over forward passes. Edits act through the hook
+point, never a re-implemented MLP, so they are correct for any activation function.
+
+``scope`` says which tokens are edited: ``all``; ``prompt`` (the first forward step of a
+generation, or a whole plain forward pass); ``generated`` (only KV-cached decoding steps,
+each of which sees ``[batch, 1, d_mlp]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from vlens.models import model_info
+from vlens.neurons import NeuronSet
+from vlens.stats import NeuronStats, class_label
+
+SCOPES = ("all", "prompt", "generated")
+MODES = ("paper", "boost_only", "clamp_only")
+HOOK = "blocks.{layer}.mlp.hook_post"
+
+
+@dataclass
+class Edit:
+    """One intervention condition as dense per-neuron tensors (see the module docstring)."""
+
+    scale: Float[Tensor, "layer neuron"]
+    set_mask: Bool[Tensor, "layer neuron"]
+    set_value: Float[Tensor, "layer neuron"]
+    clamp_mask: Bool[Tensor, "layer neuron"]
+    boost: Float[Tensor, "layer neuron"]
+    keep_prob: float = 1.0
+    seed: int = 0
+    label: str = "none"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, n_layers: int, d_mlp: int, *, label: str = "none") -> Edit:
+        z = torch.zeros(n_layers, d_mlp)
+        f = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+        return cls(torch.ones(n_layers, d_mlp), f, z, f.clone(), z.clone(), label=label)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.scale.shape)
+
+    def touched_layers(self) -> Bool[Tensor, " layer"]:
+        """Layers where this edit changes anything (others need no hook)."""
+        changed = (self.scale != 1) | self.set_mask | self.clamp_mask | (self.boost != 0)
+        return changed.any(-1)
+
+
+# ----------------------------------------------------------------------------- building edits
+
+
+def _check_set(model_shape: tuple[int, int], ns: NeuronSet, model: Any | None = None) -> None:
+    n_layers, d_mlp = model_shape
+    if (ns.n_layers, ns.d_mlp) != (n_layers, d_mlp):
+        raise ValueError(
+            f"neuron set {ns.name} was located on a model with {ns.n_layers} layers x {ns.d_mlp} neurons, "
+            f"this model has {n_layers} x {d_mlp}"
+        )
+    if model is not None:
+        fp = ns.provenance.get("model_fingerprint")
+        here = model_info(model).fingerprint
+        if fp is not None and fp != here:
+            raise ValueError(
+                f"neuron set {ns.name} comes from another model ({fp.get('name')}, sha256 {str(fp.get('source_sha256'))[:12]}) "
+                f"than this one ({here['name']}, sha256 {str(here.get('source_sha256'))[:12]}); locate it on this model"
+            )
+
+
+def _finite(name: str, value: float) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def scale_edit(shape: tuple[int, int], ns: NeuronSet, gamma: float) -> Edit:
+    """``a <- gamma * a`` on the neurons of ``ns``."""
+    e = Edit.identity(*shape, label=f"scale({ns.name}, {gamma})")
+    e.scale[ns.layers, ns.neurons] = _finite("gamma", gamma)
+    return e
+
+
+def ablate_edit(shape: tuple[int, int], ns: NeuronSet, *, value: str = "zero", stats: NeuronStats | None = None) -> Edit:
+    """``a <- 0`` (``value="zero"``) or ``a <- mean activation`` (``value="mean"``, over all classes of ``stats``)."""
+    e = Edit.identity(*shape, label=f"ablate({ns.name}, {value})")
+    e.set_mask[ns.layers, ns.neurons] = True
+    if value == "mean":
+        if stats is None:
+            raise ValueError("mean ablation needs the NeuronStats the neurons were located with (stats=...)")
+        mean = _dense(stats, stats.sum.sum(0) / stats.tokens.sum(), shape)
+        e.set_value[ns.layers, ns.neurons] = mean[ns.layers, ns.neurons]
+    elif value != "zero":
+        raise ValueError(f"ablation value must be 'zero' or 'mean', got {value!r}")
+    return e
+
+
+def clamp_edit(shape: tuple[int, int], ns: NeuronSet) -> Edit:
+    """``a <- min(a, 0)`` on the neurons of ``ns``."""
+    e = Edit.identity(*shape, label=f"clamp({ns.name})")
+    e.clamp_mask[ns.layers, ns.neurons] = True
+    return e
+
+
+def patch_edit(shape: tuple[int, int], ns: NeuronSet, stats: NeuronStats, *, to_pole: str | None = None) -> Edit:
+    """Set the neurons of ``ns`` to their mean activation in another pole (default: the opposite one)."""
+    pole = to_pole or ("-" if ns.pole == "+" else "+")
+    mean = _dense(stats, stats.mean()[stats.class_index(class_label(ns.dimension, pole))], shape)
+    e = Edit.identity(*shape, label=f"patch({ns.name} -> {pole})")
+    e.set_mask[ns.layers, ns.neurons] = True
+    e.set_value[ns.layers, ns.neurons] = mean[ns.layers, ns.neurons]
+    return e
+
+
+def value_edit(
+    shape: tuple[int, int],
+    target: NeuronSet,
+    opposing: NeuronSet | None,
+    gamma: float,
+    *,
+    mode: str = "paper",
+    v: str = "prob",
+    keep_prob: float = 0.9,
+    seed: int = 0,
+) -> Edit:
+    """The paper's edit toward ``target``'s pole.
+
+    ``paper``: clamp ``opposing`` (``a <- min(a, 0)``) and boost ``target`` by
+    ``gamma * v * sigmoid(10 * (delta - 0.15))`` on a Bernoulli(``keep_prob``) subset
+    redrawn each step; ``boost_only`` / ``clamp_only`` keep one half. ``v`` is the
+    neuron's activation probability (``"prob"``) or 95th-percentile activation (``"p95"``).
+    Reverse steering is the same edit with the two sets swapped.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown edit mode {mode!r}; expected one of {', '.join(MODES)}")
+    gamma = _finite("gamma", gamma)
+    if not 0 <= keep_prob <= 1:
+        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
+    e = Edit.identity(*shape, label=f"{mode}({target.name}, gamma={gamma:g}, seed={seed})")
+    e.keep_prob, e.seed = keep_prob, seed
+    if mode in {"paper", "clamp_only"} and opposing is not None and len(opposing):
+        e.clamp_mask[opposing.layers, opposing.neurons] = True
+    if mode in {"paper", "boost_only"} and len(target):
+        strength = {"prob": target.act_prob, "p95": target.p95}.get(v, "bad")
+        if isinstance(strength, str) or strength is None:
+            raise ValueError(f"v must be 'prob' or 'p95' (the latter needs a set located with a histogram), got {v!r}")
+        if target.delta is None:
+            raise ValueError(f"neuron set {target.name} has no delta scores; select it with vlens.select")
+        weight = torch.sigmoid(10 * (target.delta.float() - 0.15))
+        e.boost[target.layers, target.neurons] = gamma * strength.float() * weight
+    return e
+
+
+def _dense(stats: NeuronStats, values: Float[Tensor, "slayer neuron"], shape: tuple[int, int]) -> Tensor:
+    """Statistics cover ``stats.layers``; spread them into a full ``[n_layers, d_mlp]`` tensor."""
+    out = torch.zeros(shape)
+    out[torch.tensor(stats.layers)] = values.float().cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------- applying edits
+
+
+class _EditHooks:
+    """The stacked tensors of several edits, and the hooks that apply them row by row."""
+
+    def __init__(self, model: Any, edits: Sequence[Edit], rows: Int[Tensor, " batch"] | None, scope: str):
+        info = model_info(model)
+        shape = (info.n_layers, info.d_mlp)
+        for e in edits:
+            if e.shape != shape:
+                raise ValueError(f"edit {e.label} is for {e.shape[0]} layers x {e.shape[1]} neurons, the model has {shape}")
+        if scope not in SCOPES:
+            raise ValueError(f"unknown intervention scope {scope!r}; expected one of {', '.join(SCOPES)}")
+        device = torch.device(model.cfg.device)
+        stack = lambda name: torch.stack([getattr(e, name) for e in edits]).to(device)  # noqa: E731
+        self.scale, self.set_mask, self.set_value = stack("scale"), stack("set_mask"), stack("set_value")
+        self.clamp_mask, self.boost = stack("clamp_mask"), stack("boost")
+        self.edits, self.scope, self.device = list(edits), scope, device
+        self.keep_prob = [e.keep_prob for e in edits]
+        self.rows = rows
+        self.step = -1  # forward steps seen (0 = prompt, 1.. = KV-cached decoding steps)
+        self.layers = [int(layer) for layer in torch.stack([e.touched_layers() for e in edits]).any(0).nonzero()]
+        self.first_layer = self.layers[0] if self.layers else None
+
+    def set_rows(self, rows: Int[Tensor, " batch"] | None) -> None:
+        """Which edit each batch row gets (indices into the edits); None = all rows get edit 0."""
+        self.rows = rows
+
+    def _keep(self, layer: int, n: int) -> Float[Tensor, "cond neuron"]:
+        """Bernoulli keep masks for this step and layer, one per edit, independent of the batch."""
+        masks = []
+        for e, p in zip(self.edits, self.keep_prob, strict=True):
+            if p >= 1:
+                masks.append(torch.ones(n))
+                continue
+            g = torch.Generator().manual_seed(hash((e.seed, self.step, layer)) & 0x7FFFFFFFFFFFFFFF)
+            masks.append((torch.rand(n, generator=g) < p).float())
+        return torch.stack(masks).to(self.device)
+
+    def hook(self, layer: int):
+        def edit_hook(acts: Float[Tensor, "batch pos neuron"], hook: Any) -> Tensor:
+            if layer == self.first_layer:
+                # A pass over several positions is a new prompt (step 0); a one-position pass
+                # after it is a KV-cached decoding step. The keep mask is redrawn every step.
+                self.step = 0 if acts.shape[1] > 1 or self.step < 0 else self.step + 1
+            if (self.scope == "prompt" and self.step > 0) or (self.scope == "generated" and self.step == 0):
+                return acts
+            batch = acts.shape[0]
+            rows = self.rows if self.rows is not None else torch.zeros(batch, dtype=torch.long)
+            if rows.shape[0] != batch:
+                raise ValueError(f"{rows.shape[0]} row conditions given for a batch of {batch} rows")
+            rows = rows.to(self.device)
+            pick = lambda t: einops.rearrange(t[rows, layer], "b n -> b 1 n")  # noqa: E731
+            out = acts * pick(self.scale).to(acts.dtype)
+            out = torch.where(pick(self.set_mask), pick(self.set_value).to(acts.dtype), out)
+            out = torch.where(pick(self.clamp_mask), out.clamp(max=0), out)
+            boost = self.boost[:, layer] * self._keep(layer, acts.shape[-1])
+            return out + einops.rearrange(boost[rows], "b n -> b 1 n").to(acts.dtype)
+
+        return edit_hook
+
+
+@contextlib.contextmanager
+def apply(
+    model: Any, edits: Edit | Sequence[Edit], *, rows: Int[Tensor, " batch"] | None = None, scope: str = "all"
+) -> Iterator[_EditHooks]:
+    """Apply ``edits`` inside the block; ``rows[b]`` picks the edit of batch row ``b``.
+
+    The hooks are removed when the block ends, also on an exception. The yielded handle's
+    ``set_rows`` changes the row conditions between forward passes.
+    """
+    edits = [edits] if isinstance(edits, Edit) else list(edits)
+    if not edits:
+        raise ValueError("no edits given")
+    handle = _EditHooks(model, edits, rows, scope)
+    fwd_hooks = [(HOOK.format(layer=layer), handle.hook(layer)) for layer in handle.layers]
+    with model.hooks(fwd_hooks=fwd_hooks):
+        yield handle
+
+
+def _shape(model: Any) -> tuple[int, int]:
+    info = model_info(model)
+    return info.n_layers, info.d_mlp
+
+
+@contextlib.contextmanager
+def scale(model: Any, neurons: NeuronSet, gamma: float, *, scope: str = "all") -> Iterator[_EditHooks]:
+    """``with scale(model, neurons, 0.5): ...`` multiplies those neurons' activations by gamma."""
+    _check_set(_shape(model), neurons, model)
+    with apply(model, scale_edit(_shape(model), neurons, gamma), scope=scope) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def ablate(
+    model: Any, neurons: NeuronSet, *, value: str = "zero", stats: NeuronStats | None = None, scope: str = "all"
+) -> Iterator[_EditHooks]:
+    """Zero-ablate (or mean-ablate) the neurons inside the block."""
+    _check_set(_shape(model), neurons, model)
+    with apply(model, ablate_edit(_shape(model), neurons, value=value, stats=stats), scope=scope) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def clamp(model: Any, neurons: NeuronSet, *, scope: str = "all") -> Iterator[_EditHooks]:
+    """``a <- min(a, 0)`` on the neurons inside the block."""
+    _check_set(_shape(model), neurons, model)
+    with apply(model, clamp_edit(_shape(model), neurons), scope=scope) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def patch(
+    model: Any, neurons: NeuronSet, stats: NeuronStats, *, to_pole: str | None = None, scope: str = "all"
+) -> Iterator[_EditHooks]:
+    """Set the neurons to their mean activation in the other pole inside the block."""
+    _check_set(_shape(model), neurons, model)
+    with apply(model, patch_edit(_shape(model), neurons, stats, to_pole=to_pole), scope=scope) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def steer(
+    model: Any,
+    target: NeuronSet,
+    opposing: NeuronSet | None,
+    gamma: float,
+    *,
+    mode: str = "paper",
+    v: str = "prob",
+    keep_prob: float = 0.9,
+    seed: int = 0,
+    scope: str = "all",
+) -> Iterator[_EditHooks]:
+    """The paper's value edit toward ``target``'s pole inside the block (see :func:`value_edit`)."""
+    for ns in (target, opposing):
+        if ns is not None:
+            _check_set(_shape(model), ns, model)
+    edit = value_edit(_shape(model), target, opposing, gamma, mode=mode, v=v, keep_prob=keep_prob, seed=seed)
+    with apply(model, edit, scope=scope) as h:
+        yield h
