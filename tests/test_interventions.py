@@ -115,10 +115,15 @@ def test_edits_during_kv_cached_generation(tiny_llama, toks):
     def observe(t, hook):
         calls.append(t[..., 4].detach().clone())
 
+    pre = []
+
+    def before(t, hook):
+        pre.append(t[..., 4].detach().clone())
+
     for scope in ("generated", "prompt", "all"):
         calls.clear()
-        pre = []
-        with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", lambda t, hook: pre.append(t[..., 4].clone()))]):
+        pre.clear()
+        with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", before)]):
             with I.ablate(tiny_llama, ns, scope=scope):
                 with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", observe)]):
                     tiny_llama.original_model.generate(toks[:1], max_new_tokens=4, do_sample=False)
