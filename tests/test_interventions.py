@@ -128,9 +128,9 @@ def test_edits_during_kv_cached_generation(tiny_llama, toks):
                 with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", observe)]):
                     tiny_llama.original_model.generate(toks[:1], max_new_tokens=4, do_sample=False)
         assert calls[0].shape[1] == toks.shape[1] and all(c.shape[1] == 1 for c in calls[1:])  # prompt, then [b, 1, n]
-        for step, (before, after) in enumerate(zip(pre, calls, strict=True)):
+        for step, (unedited, after) in enumerate(zip(pre, calls, strict=True)):
             edited = scope == "all" or (scope == "prompt") == (step == 0)
-            assert torch.equal(after, torch.zeros_like(after) if edited else before)
+            assert torch.equal(after, torch.zeros_like(after) if edited else unedited)
 
 
 def test_hooks_are_removed_also_after_an_exception(tiny_llama, toks):
