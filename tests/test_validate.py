@@ -33,7 +33,8 @@ def test_batched_conditions_equal_the_per_condition_loop(tiny_llama, located, in
     edits = [Edit.identity(*shape)] + [value_edit(shape, t, o, g, seed=1) for g in (0.5, 3.0)] + [value_edit(shape, o, t, 2.0, mode="boost_only")]
     batched = evaluate_edits(tiny_llama, edits, instruments, batch_size=7)
     for i, e in enumerate(edits[1:], 1):
-        alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3)[1]
+        # the per-condition loop over full prompts: no batching of conditions, no prefix reuse
+        alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3, prefix_reuse=False)[1]
         for key in ("orientation", "letter_orientation", "portrait"):
             for dim, v in alone[key].items():
                 assert batched[i][key][dim] == pytest.approx(v, abs=1e-5)

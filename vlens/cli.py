@@ -1,9 +1,17 @@
-"""The ``vlens`` command: parses options and calls the library, nothing else."""
+"""The ``vlens`` command: parses options and calls the library, nothing else.
+
+    vlens run                      locate + validate + report on the offline default model
+    vlens locate / validate / report   one stage into a run directory
+    vlens models                   what loads offline and what needs the hub
+    vlens data [DIR]               counts and examples of the bundled data or of your files
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 from vlens.models import DEFAULT_MODEL, OFFLINE_MODELS
 
@@ -12,19 +20,75 @@ class UserError(Exception):
     """A mistake in what the user asked for: printed as one message, exit code 2."""
 
 
-def _cmd_card(args: argparse.Namespace) -> int:
-    from vlens.models import encode, format_prompt, load_model, model_info
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2, no traceback
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
-    model = load_model(args.model, device=args.device)
-    print(model_info(model).card())
-    prompt = format_prompt(model, args.question)
-    batch = encode(model, [prompt])
-    out = model.generate(
-        batch.tokens, max_new_tokens=args.max_new_tokens, do_sample=False, use_past_kv_cache=True,
-        verbose=False, return_type="tokens",
-    )  # fmt: skip
-    answer = model.tokenizer.decode(out[0, batch.tokens.shape[1] :], skip_special_tokens=True).strip()
-    print(f"\nQ: {args.question}\nA: {answer}")
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,1,2 ({err})") from err
+
+
+def _dims(text: str) -> list[str]:
+    from vlens.values import dimension
+
+    try:
+        return [dimension(d).name for d in text.split(",") if d.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _config(args: argparse.Namespace):
+    from vlens.neurons import Selection
+    from vlens.pipeline import FULL, RunConfig
+
+    Selection.parse(args.selection)  # fail early on a bad rule
+    sizes = FULL if args.full else {}
+    cfg = RunConfig(model=args.model, dimensions=args.dimensions, scope=args.scope, hook=args.hook, selection=args.selection,
+                    match_frequency=args.match_frequency,
+                    ablations=not args.no_ablations, batch_size=args.batch_size, seed=args.seed,
+                    data_dir=str(Path(args.data).resolve()) if args.data else None, **sizes)  # fmt: skip
+    if args.gammas is not None:
+        cfg.gammas = args.gammas
+    if args.n_random is not None:
+        cfg.n_random = args.n_random
+    for name in ("max_pairs", "max_dilemmas", "max_portrait", "max_neutral", "max_questions"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            setattr(cfg, name, value)
+    return cfg
+
+
+def _out(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from vlens.pipeline import run_pipeline
+
+    args.out = str(_out(args))  # fixed now, so an interrupted run can name it
+    folder = run_pipeline(args.out, _config(args), resume=args.resume or args.command != "run", stages=stages,
+                          device=args.device, progress=not args.quiet)  # fmt: skip
+    print(f"\nrun directory: {folder}")
+    if "report" in stages:
+        print(f"report: {(folder / 'report.html').resolve()}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vlens.pipeline import check_run_dir
+    from vlens.report import write_report
+
+    check_run_dir(args.run_dir)
+    path = write_report(args.run_dir, neuron_views=0 if args.no_neurons else 1)
+    print(f"report: {path.resolve()}\nsummary: {(Path(args.run_dir) / 'report.md').resolve()}")
     return 0
 
 
@@ -37,26 +101,86 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from vlens.data import load_value_data
+
+    data = load_value_data(args.data_dir)
+    print(f"data: {data.source}  (sha256 {data.sha256[:16]}...)")
+    for part, counts in data.counts().items():
+        print(f"\n{part}: {counts.pop('total')}")
+        for key, n in counts.items():
+            print(f"  {key:40s} {n}")
+    if args.examples:
+        for part, recs in data.parts().items():
+            for rec in recs[: args.examples]:
+                print(f"\n[{part}] " + "; ".join(f"{k}: {v}" for k, v in rec.items()))
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from vlens.models import encode, format_prompt, load_model, model_info
+
+    model = load_model(args.model, device=args.device)
+    print(model_info(model).card())
+    batch = encode(model, [format_prompt(model, args.question)])
+    out = model.generate(batch.tokens, max_new_tokens=30, do_sample=False, verbose=False, return_type="tokens")
+    print(f"\nQ: {args.question}\nA: {model.tokenizer.decode(out[0, batch.tokens.shape[1]:], skip_special_tokens=True).strip()}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from vlens.activations import HOOKS, SCOPES
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
+    p.add_argument("--out", help="run directory (default runs/run-DATE-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default all four)")
+    p.add_argument("--scope", choices=SCOPES, default="question", help="tokens that count when locating")
+    p.add_argument("--hook", choices=list(HOOKS), default="post", help="post = mlp.hook_post; gate = act(hook_pre)")
+    p.add_argument("--selection", default="paper", help="paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]")
+    p.add_argument("--max-pairs", type=int, help="prompt pairs per dimension for locate (quick default 24)")
+    p.add_argument("--max-dilemmas", type=int, help="held-out dilemmas per dimension for validate")
+    p.add_argument("--max-portrait", type=int, help="portrait items for validate")
+    p.add_argument("--max-neutral", type=int, help="neutral texts for the capability cost")
+    p.add_argument("--max-questions", type=int, help="held-out questions per dimension to answer under edits")
+    p.add_argument("--full", action="store_true", help="use every prompt and every instrument item (hours on a CPU)")
+    p.add_argument("--gammas", type=_floats, help="edit strengths, e.g. 0.5,1,2 (quick default 1)")
+    p.add_argument("--n-random", type=int, help="random neuron sets per condition, >= 2 (quick default 3, --full 20)")
+    p.add_argument("--match-frequency", action="store_true", help="match random sets on activation frequency too")
+    p.add_argument("--no-ablations", action="store_true", help="skip the clamp-only and boost-only conditions")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="a folder of your own value data in vlens' schemas")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlens", description=__doc__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    card = sub.add_parser("card", help="load a model, print its card and answer one question")
-    card.add_argument("--model", default=DEFAULT_MODEL)
-    card.add_argument("--device", default=None)
-    card.add_argument("--question", default="What is the capital of France?")
-    card.add_argument("--max-new-tokens", type=int, default=30)
-    card.set_defaults(func=_cmd_card)
-
-    run = sub.add_parser("run", help="the main job on the offline default model")
-    run.add_argument("--model", default=DEFAULT_MODEL)
-    run.add_argument("--device", default=None)
-    run.add_argument("--question", default="What is the capital of France?")
-    run.add_argument("--max-new-tokens", type=int, default=30)
-    run.set_defaults(func=_cmd_card)
-
+    parser = _Parser(prog="vlens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, stages, help_text in (
+        ("run", ("locate", "validate", "generate", "report"), "locate, validate and report on defaults"),
+        ("locate", ("locate",), "locate value neurons into a run directory"),
+        ("validate", ("validate", "generate"), "validate the neurons of a run directory causally"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _add_run_options(p)
+        p.set_defaults(func=lambda a, stages=stages: _run_stages(a, stages))
+    rep = sub.add_parser("report", help="write report.html and report.md for a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--no-neurons", action="store_true", help="skip the circuitsvis neuron views (no model needed)")
+    rep.set_defaults(func=_cmd_report)
     models = sub.add_parser("models", help="which models load offline and which need the hub")
     models.set_defaults(func=_cmd_models)
+    data = sub.add_parser("data", help="counts and examples of the bundled value data or of your own files")
+    data.add_argument("data_dir", nargs="?", help="a folder of your own files (default: the bundled ValueInsight)")
+    data.add_argument("--examples", type=int, default=1, help="records to show per part")
+    data.set_defaults(func=_cmd_data)
+    card = sub.add_parser("card", help="load a model, print its card and answer one question")
+    card.add_argument("--model", default=DEFAULT_MODEL)
+    card.add_argument("--device")
+    card.add_argument("--question", default="What is the capital of France?")
+    card.set_defaults(func=_cmd_card)
     return parser
 
 
@@ -66,15 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from vlens.data.schemas import DataFormatError
     from vlens.models import ModelNotAvailableError
+    from vlens.pipeline import RunDirError
 
     try:
         return args.func(args)
-    except (UserError, ModelNotAvailableError, ValueError, FileNotFoundError) as err:
+    except (UserError, ModelNotAvailableError, RunDirError, DataFormatError, ValueError, FileNotFoundError) as err:
         print(f"vlens {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nvlens {args.command}: interrupted.", file=sys.stderr)
+        out = getattr(args, "out", None)
+        hint = f"; continue with: vlens {args.command} --out {out} --resume (and the same options)" if out else ""
+        print(f"\nvlens {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

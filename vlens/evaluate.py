@@ -118,12 +118,26 @@ def _spread(items: list[dict], k: int | None) -> list[dict]:
 
 @dataclass
 class _Seq:
-    """One sequence to score: prompt tokens, optional continuation tokens, and what it belongs to."""
+    """One sequence to score, split in a prefix shared with other sequences (whose keys and
+    values are computed once per edit and reused) and the part scored against it.
+
+    ``split`` is where scoring starts in ``prefix + suffix``: readings use the log-probs at
+    positions ``split - 1 .. end``. Without prefix reuse the prefix is folded into the suffix
+    and ``split`` keeps the readings at the same positions.
+    """
 
     kind: str  # "dilemma", "portrait", "neutral"
-    ids: list[int]
-    n_prompt: int  # tokens before the continuation (dilemma) / the whole text
-    key: tuple  # (item index, order, option) / (item index,) / (text index,)
+    prefix: tuple[int, ...]
+    suffix: list[int]
+    split: int
+    key: tuple  # (item, order, option) / (item,) / (text,)
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self.prefix) + self.suffix
+
+    def without_prefix(self) -> _Seq:
+        return _Seq(self.kind, (), self.ids, self.split, self.key)
 
 
 def _letter_ids(model: Any, letters: Sequence[str]) -> list[int]:
@@ -137,20 +151,31 @@ def _letter_ids(model: Any, letters: Sequence[str]) -> list[int]:
 
 
 def build_sequences(model: Any, instruments: Instruments) -> list[_Seq]:
+    """Token sequences of every instrument item, split into shared prefix and scored suffix.
+
+    Dilemmas: prefix = the whole prompt of one item in one option order (its last position
+    gives the letter reading), suffixes = the two option texts as the answer. Portrait
+    items: prefix = the instruction and rating scale shared by all items, suffix = the item
+    (the letters are read at its end). Neutral text: no prefix, every token is scored.
+    """
     seqs: list[_Seq] = []
     for i, item in enumerate(instruments.dilemmas):
         for order in (0, 1):  # 0: + listed first (A), 1: - listed first
             first, second = (item["option_plus"], item["option_minus"])[:: 1 if order == 0 else -1]
-            prompt_ids, _ = tokenize(model, format_prompt(model, DILEMMA_TEMPLATE.format(context=item["context"], first=first, second=second)))
+            text = format_prompt(model, DILEMMA_TEMPLATE.format(context=item["context"], first=first, second=second))
+            prompt = tuple(tokenize(model, text)[0])
             for option in ("plus", "minus"):
-                cont = model.tokenizer(item[f"option_{option}"], add_special_tokens=False)["input_ids"]
-                seqs.append(_Seq("dilemma", prompt_ids + cont, len(prompt_ids), (i, order, option)))
-    for i, item in enumerate(instruments.portrait_items):
-        ids, _ = tokenize(model, format_prompt(model, PORTRAIT_TEMPLATE.format(text=item["text"])))
-        seqs.append(_Seq("portrait", ids, len(ids), (i,)))
+                answer = model.tokenizer(item[f"option_{option}"], add_special_tokens=False)["input_ids"]
+                seqs.append(_Seq("dilemma", prompt, list(answer), len(prompt), (i, order, option)))
+    if instruments.portrait_items:
+        marker = "\x00ITEM\x00"
+        head_text, tail_text = format_prompt(model, PORTRAIT_TEMPLATE.format(text=marker)).split(marker)
+        head = tuple(tokenize(model, head_text)[0])
+        for i, item in enumerate(instruments.portrait_items):
+            ids = model.tokenizer(item["text"] + tail_text, add_special_tokens=False)["input_ids"]
+            seqs.append(_Seq("portrait", head, list(ids), len(head) + len(ids), (i,)))
     for i, item in enumerate(instruments.neutral_text):
-        ids, _ = tokenize(model, item["text"])
-        seqs.append(_Seq("neutral", ids, len(ids), (i,)))
+        seqs.append(_Seq("neutral", (), tokenize(model, item["text"])[0], 1, (i,)))
     n_ctx = model_info(model).n_ctx
     too_long = [s.key for s in seqs if len(s.ids) > n_ctx]
     if too_long:
@@ -178,67 +203,151 @@ def evaluate_edits(
     instruments: Instruments,
     *,
     batch_size: int = 32,
+    prefix_reuse: bool = True,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Metrics for every edit, all edits batched together; ``edits[0]`` must be the unedited model.
 
+    With ``prefix_reuse`` (default) the keys and values of each shared prompt prefix are
+    computed once per edit (with the edit applied: it acts on every token) and reused for
+    every suffix; ``prefix_reuse=False`` runs every full sequence, for checking.
     Returns one dict per edit (see :func:`summarise`).
     """
     if not edits or edits[0].touched_layers().any():
         raise ValueError("edits[0] must be the unedited model (Edit.identity), the reference for KL")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     seqs = build_sequences(model, instruments)
-    raw = _run(model, edits, seqs, batch_size=batch_size, progress=progress)
+    if not prefix_reuse:
+        seqs = [s.without_prefix() for s in seqs]
+    raw = _Raw()
+    with apply(model, list(edits)) as handle, torch.inference_mode():
+        _Engine(model, handle, len(edits), batch_size, raw).run(seqs, progress=progress)
     return [summarise(raw, c, instruments) for c in range(len(edits))]
 
 
-def _run(model: Any, edits: Sequence[Edit], seqs: list[_Seq], *, batch_size: int, progress: bool) -> _Raw:
-    from tqdm.auto import tqdm
+class _Engine:
+    """Runs (sequence, edit) rows in batches, reusing prefix keys and values, and reads them."""
 
-    ab = _letter_ids(model, LETTERS[:2])
-    af = _letter_ids(model, LETTERS)
-    device = torch.device(model.cfg.device)
-    n_cond = len(edits)
-    # Rows = (sequence, condition). Sequences longest first; every group of rows that shares a
-    # sequence carries condition 0 (unedited) so KL has its reference in the same batch.
-    per_seq = max(1, batch_size // n_cond) if n_cond <= batch_size else 1
-    cond_chunks = [list(range(n_cond))] if n_cond <= batch_size else [
-        [0, *range(start, min(start + batch_size - 1, n_cond))] for start in range(1, n_cond, batch_size - 1)
-    ]  # fmt: skip
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))
-    jobs = [(order[i : i + per_seq], chunk) for i in range(0, len(order), per_seq) for chunk in cond_chunks]
-    raw = _Raw()
-    with apply(model, list(edits)) as handle, torch.inference_mode():
-        for seq_idx, conds in tqdm(jobs, disable=not progress, desc="evaluate", unit="batch"):
-            rows = [(s, c) for s in seq_idx for c in conds]
-            tokens, mask = pad([seqs[s].ids for s, _ in rows], padding_side="right", value=pad_id(model))
-            handle.set_rows(torch.tensor([c for _, c in rows]))
-            logits = model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device))
-            logp = logits.float().log_softmax(-1)
-            _read(raw, seqs, rows, logp, tokens.to(device), ab, af)
-    return raw
+    TOKEN_BUDGET = 4096  # rows x positions of log-probs held at once (x vocab floats)
 
+    def __init__(self, model: Any, handle: Any, n_cond: int, batch_size: int, raw: _Raw):
+        self.model, self.hf, self.handle, self.raw = model, model.original_model, handle, raw
+        self.device = torch.device(model.cfg.device)
+        self.pad = pad_id(model)
+        self.ab, self.af = _letter_ids(model, LETTERS[:2]), _letter_ids(model, LETTERS)
+        self.batch_size = batch_size
+        # Condition chunks; each starts with the unedited model, the reference for KL.
+        step = max(batch_size - 1, 1)
+        self.cond_chunks = [list(range(n_cond))] if n_cond <= batch_size else [
+            [0, *range(start, min(start + step, n_cond))] for start in range(1, n_cond, step)
+        ]  # fmt: skip
 
-def _read(raw: _Raw, seqs: list[_Seq], rows: list[tuple[int, int]], logp: Tensor, tokens: Tensor, ab: list[int], af: list[int]) -> None:
-    ref_row = {s: r for r, (s, c) in enumerate(rows) if c == 0}
-    for r, (s, c) in enumerate(rows):
-        seq = seqs[s]
-        n, n_prompt = len(seq.ids), seq.n_prompt
-        if seq.kind == "dilemma":
-            i, order, option = seq.key
-            targets = tokens[r, n_prompt:n]
-            lp = logp[r, n_prompt - 1 : n - 1].gather(-1, targets[:, None]).squeeze(-1)
-            raw.cont_lp[(c, i, order, option)] = lp.mean().item()
-            raw.letters_ab[(c, i, order)] = logp[r, n_prompt - 1, ab].cpu()
-        elif seq.kind == "portrait":
-            raw.letters_af[(c, seq.key[0])] = logp[r, n - 1, af].cpu()
+    def _hidden(self, tokens: Tensor, mask: Tensor, positions: Tensor, cache: Any = None) -> Tensor:
+        self.handle.new_pass()
+        out = self.hf.base_model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device),
+                                 position_ids=positions.to(self.device), past_key_values=cache, use_cache=cache is not None)  # fmt: skip
+        return out.last_hidden_state
+
+    def _logprobs(self, hidden: Tensor) -> Tensor:
+        """Next-token log-probs from final hidden states (the unembedding only where needed)."""
+        logits = self.hf.get_output_embeddings()(hidden).float()
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.log_softmax(-1)
+
+    def run(self, seqs: list[_Seq], *, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        plain = [i for i, s in enumerate(seqs) if not s.prefix]
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for i, s in enumerate(seqs):
+            if s.prefix:
+                by_prefix.setdefault(s.prefix, []).append(i)
+        jobs: list[tuple[str, Any, list[int]]] = []
+        for conds in self.cond_chunks:
+            # plain rows: longest first, as many sequences per batch as the budgets allow
+            order = sorted(plain, key=lambda i: -len(seqs[i].ids))
+            chunk: list[int] = []
+            for i in order:
+                if chunk and ((len(chunk) + 1) * len(conds) > max(self.batch_size, len(conds)) or
+                              (len(chunk) + 1) * len(conds) * len(seqs[chunk[0]].ids) > self.TOKEN_BUDGET):  # fmt: skip
+                    jobs.append(("plain", chunk, conds))
+                    chunk = []
+                chunk.append(i)
+            if chunk:
+                jobs.append(("plain", chunk, conds))
+            prefixes = sorted(by_prefix, key=len, reverse=True)
+            per = max(1, self.batch_size // len(conds))
+            for k in range(0, len(prefixes), per):
+                jobs.append(("prefix", prefixes[k : k + per], conds))
+        for kind, what, conds in tqdm(jobs, disable=not progress, desc="evaluate", unit="batch"):
+            if kind == "plain":
+                self._plain(seqs, what, conds)
+            else:
+                self._with_prefix(seqs, what, [by_prefix[p] for p in what], conds)
+
+    def _plain(self, seqs: list[_Seq], seq_idx: list[int], conds: list[int]) -> None:
+        rows = [(i, c) for i in seq_idx for c in conds]
+        tokens, mask = pad([seqs[i].ids for i, _ in rows], padding_side="right", value=self.pad)
+        self.handle.set_rows(torch.tensor([c for _, c in rows]))
+        hidden = self._hidden(tokens, mask, position_ids(mask))
+        lps = {}
+        for r, (i, c) in enumerate(rows):
+            s = seqs[i]
+            lps[(i, c)] = self._logprobs(hidden[r, s.split - 1 : len(s.ids)])
+        for (i, c), lp in lps.items():
+            self._read(seqs[i], c, lp, lps.get((i, 0)))
+
+    def _with_prefix(self, seqs: list[_Seq], prefixes: list[tuple[int, ...]], members: list[list[int]], conds: list[int]) -> None:
+        from transformers import DynamicCache
+
+        prow = [(p, c) for p in range(len(prefixes)) for c in conds]
+        tokens, mask = pad([list(prefixes[p]) for p, _ in prow], padding_side="left", value=self.pad)
+        self.handle.set_rows(torch.tensor([c for _, c in prow]))
+        cache = DynamicCache()
+        hidden = self._hidden(tokens, mask, position_ids(mask), cache)
+        last = self._logprobs(hidden[:, -1])  # [prefix rows, vocab]: predicts each suffix's first token
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        prefix_len = mask.sum(1)
+        srows = [(i, p, r) for r, (p, _) in enumerate(prow) for i in members[p]]
+        for start in range(0, len(srows), self.batch_size):
+            batch = srows[start : start + self.batch_size]
+            pick = torch.tensor([r for _, _, r in batch])
+            sub = DynamicCache()
+            for li, (k, v) in enumerate(layers):
+                sub.update(k[pick.to(k.device)], v[pick.to(v.device)], li)
+            stoks, smask = pad([seqs[i].suffix for i, _, _ in batch], padding_side="right", value=self.pad)
+            full_mask = torch.cat([mask[pick], smask], dim=1)
+            positions = prefix_len[pick, None] + torch.arange(stoks.shape[1])[None]
+            self.handle.set_rows(torch.tensor([prow[r][1] for _, _, r in batch]))
+            hidden_s = self._hidden(stoks, full_mask, positions, sub)
+            for b, (i, _, r) in enumerate(batch):
+                s = seqs[i]
+                n_suffix = len(s.suffix)
+                first_scored = s.split - len(s.prefix)  # index in the suffix of the first scored token
+                lp_suffix = self._logprobs(hidden_s[b, max(first_scored - 1, 0) : n_suffix])
+                lp = torch.cat([last[r : r + 1], lp_suffix]) if first_scored == 0 else lp_suffix
+                self._read(s, prow[r][1], lp, None)
+
+    def _read(self, s: _Seq, cond: int, lp: Tensor, ref: Tensor | None) -> None:
+        """Readings from ``lp``, the log-probs at full positions ``split - 1 .. end``."""
+        ids = torch.tensor(s.ids, device=lp.device)
+        scored = ids[s.split :]
+        token_lp = lp[: len(scored)].gather(-1, scored[:, None]).squeeze(-1)
+        if s.kind == "dilemma":
+            i, order, option = s.key
+            self.raw.cont_lp[(cond, i, order, option)] = token_lp.mean().item()
+            self.raw.letters_ab[(cond, i, order)] = lp[0, self.ab].cpu()
+        elif s.kind == "portrait":
+            self.raw.letters_af[(cond, s.key[0])] = lp[-1, self.af].cpu()
         else:
-            targets = tokens[r, 1:n]
-            lp_here = logp[r, : n - 1]
-            nll = -lp_here.gather(-1, targets[:, None]).sum().item()
-            ref = logp[ref_row[s], : n - 1]
-            kl = (ref.exp() * (ref - lp_here)).sum(-1).sum().item()
-            raw.nll[(c, seq.key[0])] = (nll, n - 1)
-            raw.kl[(c, seq.key[0])] = kl
+            self.raw.nll[(cond, s.key[0])] = (-token_lp.sum().item(), len(scored))
+            if ref is None:
+                raise RuntimeError("neutral text needs the unedited row in the same batch")
+            r = ref[: len(scored)]
+            self.raw.kl[(cond, s.key[0])] = (r.exp() * (r - lp[: len(scored)])).sum().item()
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -209,6 +209,10 @@ class _EditHooks:
         """Which edit each batch row gets (indices into the edits); None = all rows get edit 0."""
         self.rows = rows
 
+    def new_pass(self) -> None:
+        """Count the next forward pass as step 0 whatever its length (e.g. a suffix run on a cached prefix)."""
+        self.step = -1
+
     def _keep(self, layer: int, n: int) -> Float[Tensor, "cond neuron"]:
         """Bernoulli keep masks for this step and layer, one per edit, independent of the batch."""
         masks = []
