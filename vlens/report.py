@@ -109,6 +109,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
             data = load_value_data(cfg.get("data_dir"))
             parts = ["<h2>Single neurons</h2><p>Tokens coloured by the neuron's activation (one colour scale per neuron, "
                      "shared by all its samples), on the top prompts of each pole.</p>"]  # fmt: skip
+            headers, views = [], []
             for dim in loc.dimensions:
                 prompts = build_prompts(data, model, dimensions=[dim], max_pairs=12, template=cfg["template"], seed=cfg["seed"])
                 for pole in "+-":
@@ -116,8 +117,9 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                     for j in range(min(neuron_views, len(ns))):
                         layer, neuron = int(ns.layers[j]), int(ns.neurons[j])
                         view = viz.neuron_tokens(model, prompts, layer, neuron, k=2)
-                        parts.append(f"<h3>{html.escape(dim)} {pole}: L{layer}.N{neuron} "
-                                     f"(delta {float(ns.delta[j]):+.3f})</h3>{viz.circuitsvis_html(view)}")  # fmt: skip
+                        headers.append(f"<h3>{html.escape(dim)} {pole}: L{layer}.N{neuron} (delta {float(ns.delta[j]):+.3f})</h3>")
+                        views.append(viz.circuitsvis_html(view))
+            parts += [h + v for h, v in zip(headers, viz.share_bundle(views), strict=True)]
             sections.append("\n".join(parts))
 
     if (run_dir / "validation" / "validation.csv").exists():

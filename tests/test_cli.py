@@ -1,0 +1,85 @@
+"""The `vlens` command: subcommands, run directories, resume and user errors (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import vlens.validate as V
+from vlens.cli import main
+
+TINY_RUN = ["--model", "tiny-llama", "--max-pairs", "2", "--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1",
+            "--max-questions", "1", "--gammas", "1", "--n-random", "2", "--selection", "top_k:10", "--quiet"]  # fmt: skip
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlens", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_models_and_data(capsys):
+    assert main(["models"]) == 0
+    assert "smollm2-135m-instruct" in capsys.readouterr().out
+    assert main(["data", "--examples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "descriptions: 640" in out and "Conservation +" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--gammas", "one"], "expected comma-separated numbers"),
+    (["run", "--dimensions", "kindness"], "unknown dimension"),
+    (["run", "--no-such-option"], "unrecognized arguments"),
+    (["report", "/nonexistent/run"], "is not a directory"),
+    (["data", "/nonexistent/data"], "is not a folder"),
+])  # fmt: skip
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_selection_and_sizes(tmp_path, capsys):
+    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_RUN, "--selection", "nearest:3"]) == 2
+    assert "unknown selection rule" in capsys.readouterr().err
+    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_RUN, "--max-pairs", "0"]) == 2
+    assert "--max-pairs must be at least 1" in capsys.readouterr().err
+
+
+def test_run_directory_checks(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(["locate", "--out", str(folder), *TINY_RUN]) == 0
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["done"] == ["locate"] and (folder / "locate" / "stats.safetensors").exists()
+    # same directory, other settings: refused with the differing option named
+    assert main(["locate", "--out", str(folder), *TINY_RUN, "--seed", "5"]) == 2
+    assert "seed differ" in capsys.readouterr().err
+    # `run` into an existing directory without --resume: refused
+    assert main(["run", "--out", str(folder), *TINY_RUN]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # another vlens version
+    meta["vlens_version"] = "0.0.1"
+    (folder / "run.json").write_text(json.dumps(meta))
+    assert main(["report", str(folder), "--no-neurons"]) == 2
+    assert "vlens 0.0.1" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "run"
+    original = V.validate
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while validating
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(V, "validate", interrupted)
+    assert main(["run", "--out", str(folder), *TINY_RUN]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert json.loads((folder / "run.json").read_text())["done"] == ["locate"]
+    monkeypatch.setattr(V, "validate", original)
+    assert main(["run", "--out", str(folder), "--resume", *TINY_RUN]) == 0
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["done"] == ["locate", "validate", "generate", "report"]
+    for name in ("report.html", "report.md", "answers.jsonl", "log.txt", "validation/validation.csv"):
+        assert (folder / name).exists(), name
