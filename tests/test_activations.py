@@ -90,28 +90,31 @@ def test_merge_save_load_and_resume(tmp_path, tiny_llama, prompts):
     whole.save(tmp_path / "stats")
     assert NeuronStats.load(tmp_path / "stats").equal(whole)
 
-    # Interrupt after 2 batches (checkpoint every batch), then resume: identical result.
+    # Interrupt in the third batch (checkpoint every batch), then resume: identical result.
+    original = NeuronStats.add_token_counts
     calls = {"n": 0}
-    original = tiny_llama.forward
 
-    def flaky(*args, **kwargs):
+    def flaky(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    ckpt = tmp_path / "ckpt"
-    tiny_llama.forward = flaky
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            collect_stats(tiny_llama, prompts, batch_size=1, progress=False, checkpoint_dir=ckpt, checkpoint_every=1,
-                          hist_edges=edges)
-    finally:
-        del tiny_llama.forward
-    resumed = collect_stats(tiny_llama, prompts, batch_size=1, progress=False, checkpoint_dir=ckpt, checkpoint_every=1,
-                            hist_edges=edges)
-    assert calls["n"] == 3  # the interrupted run stopped at the third batch
-    assert resumed.equal(whole)
+    for reuse in (True, False):
+        ckpt = tmp_path / f"ckpt-{reuse}"
+        calls["n"] = 0
+        NeuronStats.add_token_counts = flaky
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                collect_stats(tiny_llama, prompts, batch_size=1, progress=False, checkpoint_dir=ckpt, checkpoint_every=1,
+                              hist_edges=edges, prefix_reuse=reuse)  # fmt: skip
+        finally:
+            NeuronStats.add_token_counts = original
+        resumed = collect_stats(tiny_llama, prompts, batch_size=1, progress=False, checkpoint_dir=ckpt, checkpoint_every=1,
+                                hist_edges=edges, prefix_reuse=reuse)  # fmt: skip
+        fresh = whole if reuse else collect_stats(tiny_llama, prompts, batch_size=1, progress=False, hist_edges=edges, prefix_reuse=False)
+        assert resumed.equal(fresh)
+        assert calls["n"] == 3  # the interrupted run stopped in its third batch
 
 
 def test_merge_refuses_other_hook(tiny_llama, prompts):

@@ -138,6 +138,53 @@ def plan_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _question_start(row: TokenizedPrompt) -> int:
+    """Index of the first selected token (question scope: everything from there on is selected)."""
+    return row.select.index(True)
+
+
+def plan_prefix_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> list[list[int]]:
+    """Batches for prefix reuse: rows sharing a prefix (instruction + description) side by side."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    key = lambda i: (tuple(rows[i].ids[: _question_start(rows[i])]), -len(rows[i].ids), i)  # noqa: E731
+    order = sorted(range(len(rows)), key=key)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _forward_with_prefix(
+    model: Any, rows: list[TokenizedPrompt], weights_box: dict, classes: list[str], padding_side: str
+) -> tuple[Tensor, Tensor]:
+    """Run each distinct prefix once (nothing recorded: it lies before the question scope), then
+    every row's question part against the cached keys and values, recording statistics.
+    Returns the selection weights of the recorded tokens."""
+    from transformers import DynamicCache
+
+    device = torch.device(model.cfg.device)
+    base = model.original_model.base_model
+    starts = [_question_start(r) for r in rows]
+    prefixes = list(dict.fromkeys(tuple(r.ids[:k]) for r, k in zip(rows, starts, strict=True)))
+    pick = torch.tensor([prefixes.index(tuple(r.ids[:k])) for r, k in zip(rows, starts, strict=True)])
+    ptoks, pmask = pad([list(p) for p in prefixes], padding_side="left", value=pad_id(model))
+    weights_box["w"] = None
+    cache = DynamicCache()
+    base(input_ids=ptoks.to(device), attention_mask=pmask.to(device), position_ids=position_ids(pmask).to(device),
+         past_key_values=cache, use_cache=True)  # fmt: skip
+    rows_cache = DynamicCache()
+    for li, layer in enumerate(cache.layers):
+        rows_cache.update(layer.keys[pick.to(layer.keys.device)], layer.values[pick.to(layer.values.device)], li)
+    suffix_rows = [TokenizedPrompt(r.prompt, r.ids[k:], r.select[k:]) for r, k in zip(rows, starts, strict=True)]
+    # The question parts may be padded on either side: the mask hides the padding and the
+    # positions continue each row's prefix, counting only real tokens.
+    stoks, smask = pad([r.ids for r in suffix_rows], padding_side=padding_side, value=pad_id(model))
+    weights, row_cls = _selection_weights(suffix_rows, classes, stoks.shape[1], padding_side)
+    weights_box["w"] = weights.to(device)
+    positions = pmask.sum(1)[pick, None] + position_ids(smask)
+    base(input_ids=stoks.to(device), attention_mask=torch.cat([pmask[pick], smask], 1).to(device),
+         position_ids=positions.to(device), past_key_values=rows_cache, use_cache=True)  # fmt: skip
+    return weights, row_cls
+
+
 def _selection_weights(
     rows: list[TokenizedPrompt], classes: list[str], width: int, padding_side: str
 ) -> tuple[Float[Tensor, "batch pos cls"], Int[Tensor, " batch"]]:
@@ -191,6 +238,7 @@ def collect_stats(
     repetition_penalty: float = 1.1,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 20,
+    prefix_reuse: bool = True,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> NeuronStats:
@@ -202,6 +250,11 @@ def collect_stats(
     up to ``max_new_tokens``). With ``checkpoint_dir`` the statistics are saved every
     ``checkpoint_every`` batches and an interrupted run resumes where it stopped, with the
     same result as an uninterrupted one.
+
+    Under the ``question`` scope, ``prefix_reuse`` (default) runs each distinct prefix
+    (instruction and description, never recorded) once per batch and only the questions
+    against its cached keys and values; the statistics equal the full computation up to
+    float rounding. ``prefix_reuse=False`` runs every full prompt.
     """
     if not prompts:
         raise ValueError("no prompts given")
@@ -210,11 +263,12 @@ def collect_stats(
     check_pairs(prompts)
     rows = tokenize_prompts(model, prompts, scope, max_new_tokens=max_new_tokens if scope == "generated" else 0)
     classes = sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
-    batches = plan_batches(rows, batch_size)
+    reuse = prefix_reuse and scope == "question"
+    batches = plan_prefix_batches(rows, batch_size) if reuse else plan_batches(rows, batch_size)
     info = model_info(model)
     settings = {"scope": scope, "hook": hook, "layers": layers, "batch_size": batch_size, "padding_side": padding_side,
                 "max_new_tokens": max_new_tokens if scope == "generated" else None,
-                "repetition_penalty": repetition_penalty if scope == "generated" else None,
+                "repetition_penalty": repetition_penalty if scope == "generated" else None, "prefix_reuse": reuse,
                 "hist_edges": None if hist_edges is None else hist_edges.tolist()}  # fmt: skip
     plan = _plan_hash(rows, batches, settings | {"model": info.fingerprint})
     meta = {"model": info.to_dict(), "model_fingerprint": info.fingerprint, "hook": hook, "hook_points": [resolve_hook(model, hook, lay) for lay in layers],
@@ -236,7 +290,8 @@ def collect_stats(
 
     def make_hook(layer_pos: int) -> Callable:
         def reduce_hook(tensor: Tensor, hook: Any) -> None:
-            stats.add(layer_pos, act(tensor), weights_box["w"])
+            if weights_box["w"] is not None:  # None while a prefix outside the scope runs
+                stats.add(layer_pos, act(tensor), weights_box["w"])
 
         return reduce_hook
 
@@ -247,13 +302,16 @@ def collect_stats(
             if b < done:
                 continue
             batch_rows = [rows[i] for i in batch]
-            with torch.inference_mode():
-                if scope == "generated":
-                    _generate(model, batch_rows, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
-                tokens, mask = pad([r.ids for r in batch_rows], padding_side=padding_side, value=pad_id(model))
-                weights, row_cls = _selection_weights(batch_rows, classes, tokens.shape[1], padding_side)
-                weights_box["w"] = weights.to(device)
-                with model.hooks(fwd_hooks=fwd_hooks):
+            weights_box["w"] = None  # nothing is recorded until this batch's weights are set
+            with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+                if reuse:
+                    weights, row_cls = _forward_with_prefix(model, batch_rows, weights_box, classes, padding_side)
+                else:
+                    if scope == "generated":
+                        _generate(model, batch_rows, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                    tokens, mask = pad([r.ids for r in batch_rows], padding_side=padding_side, value=pad_id(model))
+                    weights, row_cls = _selection_weights(batch_rows, classes, tokens.shape[1], padding_side)
+                    weights_box["w"] = weights.to(device)
                     model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
                           stop_at_layer=layers[-1] + 1)  # fmt: skip
                 stats.add_token_counts(weights, row_cls)

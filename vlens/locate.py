@@ -93,6 +93,7 @@ def locate(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 20,
     max_new_tokens: int = 64,
+    prefix_reuse: bool = True,
     progress: bool = True,
 ) -> LocateResult:
     """Locate value neurons: contrast the ``+`` and ``-`` prompts of each dimension.
@@ -128,7 +129,7 @@ def locate(
     stats = collect_stats(
         model, prompts, scope=scope, hook=hook, layers=layers, batch_size=batch_size, hist_edges=hist_edges,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_new_tokens=max_new_tokens,
-        progress=progress, meta=meta,
+        prefix_reuse=prefix_reuse, progress=progress, meta=meta,
     )  # fmt: skip
     return from_stats(stats, selection)
 
