@@ -239,6 +239,7 @@ def collect_stats(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 20,
     prefix_reuse: bool = True,
+    classes: Sequence[str] | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> NeuronStats:
@@ -249,7 +250,8 @@ def collect_stats(
     ``generated`` (greedy generation with ``repetition_penalty``; only generated tokens,
     up to ``max_new_tokens``). With ``checkpoint_dir`` the statistics are saved every
     ``checkpoint_every`` batches and an interrupted run resumes where it stopped, with the
-    same result as an uninterrupted one.
+    same result as an uninterrupted one. ``classes`` fixes the class list (a shard of the
+    data may lack some); classes without tokens are then allowed, for summing later.
 
     Under the ``question`` scope, ``prefix_reuse`` (default) runs each distinct prefix
     (instruction and description, never recorded) once per batch and only the questions
@@ -262,7 +264,8 @@ def collect_stats(
     layers = check_layers(model, layers)
     check_pairs(prompts)
     rows = tokenize_prompts(model, prompts, scope, max_new_tokens=max_new_tokens if scope == "generated" else 0)
-    classes = sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
+    fixed_classes = classes is not None
+    classes = list(classes) if fixed_classes else sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
     reuse = prefix_reuse and scope == "question"
     batches = plan_prefix_batches(rows, batch_size) if reuse else plan_batches(rows, batch_size)
     info = model_info(model)
@@ -322,7 +325,7 @@ def collect_stats(
     finally:
         bar.close()
     empty = [c for c, n in zip(classes, stats.tokens.tolist(), strict=True) if n == 0]
-    if empty:
+    if empty and not fixed_classes:
         raise ValueError(f"no tokens were recorded for class(es) {empty} under scope {scope!r}")
     return stats
 

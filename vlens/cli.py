@@ -2,6 +2,7 @@
 
     vlens run                      locate + validate + report on the offline default model
     vlens locate / validate / report   one stage into a run directory
+    vlens locate --shard I/N + vlens merge   job arrays; torchrun --nproc_per_node=N -m vlens ... for one node
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -71,11 +72,17 @@ def _out(args: argparse.Namespace) -> Path:
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from vlens.distributed import parse_shard
     from vlens.pipeline import run_pipeline
 
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+    if shard is not None and not args.out:
+        raise UserError("--shard needs --out: every shard of a job array writes into the same run directory")
     args.out = str(_out(args))  # fixed now, so an interrupted run can name it
     folder = run_pipeline(args.out, _config(args), resume=args.resume or args.command != "run", stages=stages,
-                          device=args.device, progress=not args.quiet)  # fmt: skip
+                          device=args.device, shard=shard, progress=not args.quiet)  # fmt: skip
+    if shard is not None:
+        return 0
     print(f"\nrun directory: {folder}")
     if "report" in stages:
         print(f"report: {(folder / 'report.html').resolve()}")
@@ -89,6 +96,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     check_run_dir(args.run_dir)
     path = write_report(args.run_dir, neuron_views=0 if args.no_neurons else 1)
     print(f"report: {path.resolve()}\nsummary: {(Path(args.run_dir) / 'report.md').resolve()}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from vlens.pipeline import merge_run
+
+    folder = merge_run(args.run_dir)
+    print(f"merged: {folder / 'locate'}; continue with: vlens validate --out {folder} (same options)")
     return 0
 
 
@@ -165,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         _add_run_options(p)
+        if name == "locate":
+            p.add_argument("--shard", metavar="I/N", help="run only shard I of N (job arrays); then `vlens merge DIR`")
         p.set_defaults(func=lambda a, stages=stages: _run_stages(a, stages))
+    merge = sub.add_parser("merge", help="sum the partial statistics of `vlens locate --shard I/N` tasks")
+    merge.add_argument("run_dir")
+    merge.set_defaults(func=_cmd_merge)
     rep = sub.add_parser("report", help="write report.html and report.md for a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--no-neurons", action="store_true", help="skip the circuitsvis neuron views (no model needed)")

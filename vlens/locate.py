@@ -94,8 +94,9 @@ def locate(
     checkpoint_every: int = 20,
     max_new_tokens: int = 64,
     prefix_reuse: bool = True,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
-) -> LocateResult:
+) -> LocateResult | NeuronStats:
     """Locate value neurons: contrast the ``+`` and ``-`` prompts of each dimension.
 
     ``data`` is a :class:`~vlens.data.ValueData` (default: the shipped ValueInsight) from
@@ -104,7 +105,14 @@ def locate(
     dimension and pole. ``hist_edges="auto"`` also collects a histogram (for the 95th
     percentile, the edit's NPTI variant) over [-2, 6] in 0.05 steps; it costs memory
     (classes x neurons x 162 bins) and time, so it is off by default.
+
+    Under ``torchrun`` every rank takes every N-th prompt pair and the statistics are summed
+    across ranks (the result equals one process up to float64 rounding). ``shard=(i, N)``
+    takes the i-th of N shards without a process group and returns only the partial
+    :class:`~vlens.stats.NeuronStats`, to be summed by :func:`vlens.distributed.merge_shards`.
     """
+    from vlens import distributed
+
     if data is None or isinstance(data, ValueData):
         data = data or load_value_data()
         prompts = build_prompts(data, model, split=split, dimensions=list(dimensions) if dimensions else None,
@@ -121,16 +129,37 @@ def locate(
             prompts = [p for p in prompts if p.dimension in wanted]
         dataset_sha = sha256_json([p.to_dict() for p in prompts])
         source = "user prompts"
+    from vlens.stats import class_label
+
+    all_classes = sorted({class_label(p.dimension, p.pole) for p in prompts},
+                         key=lambda c: ([p.dimension for p in prompts].index(c.rsplit(":", 1)[0]), c[-1] == "-"))  # fmt: skip
+    rank, world = distributed.rank_world()
+    if shard is not None:
+        part = shard
+    elif world > 1:
+        part = (rank, world)
+        if checkpoint_dir is not None:
+            checkpoint_dir = f"{checkpoint_dir}/rank-{rank}-of-{world}"
+    else:
+        part = None
+    if part is not None:
+        prompts = distributed.shard_prompts(prompts, *part)
     if hist_edges == "auto":
         hist_edges = torch.arange(-2.0, 6.0 + 1e-9, 0.05, dtype=torch.float64)
-    meta = {"dataset_sha256": dataset_sha, "data_source": source, "template": template, "split": split,
+    meta = {"dataset_sha256": dataset_sha, "data_source": source, "template": template, "split": split, "shard": shard,
             "max_pairs": max_pairs, "pairs_per_question": pairs_per_question, "seed": seed,
             "n_prompts": len(prompts)}  # fmt: skip
     stats = collect_stats(
         model, prompts, scope=scope, hook=hook, layers=layers, batch_size=batch_size, hist_edges=hist_edges,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, max_new_tokens=max_new_tokens,
-        prefix_reuse=prefix_reuse, progress=progress, meta=meta,
+        prefix_reuse=prefix_reuse, classes=all_classes if part else None, progress=progress, meta=meta,
     )  # fmt: skip
+    if shard is not None:
+        return stats
+    if world > 1:
+        stats = distributed.all_reduce_stats(stats)
+        stats.meta["n_prompts"] = int(stats.prompts.sum().item())
+        stats.meta["world_size"] = world
     return from_stats(stats, selection)
 
 

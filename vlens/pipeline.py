@@ -71,9 +71,12 @@ class RunConfig:
 class Run:
     """A run directory: its config, finished stages and log."""
 
-    def __init__(self, folder: str | os.PathLike, config: RunConfig, *, resume: bool = False):
+    def __init__(self, folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, writer: bool = True):
         self.folder = Path(folder)
         self.config = config
+        self.writer = writer  # under torch.distributed only rank 0 writes
+        if writer:
+            self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / "run.json"
         if meta_path.exists():
             if not resume:
@@ -92,14 +95,14 @@ class Run:
                 )
             self.meta = meta
         else:
-            self.folder.mkdir(parents=True, exist_ok=True)
             self.meta = {"vlens_version": vlens_version(), "config": config.to_dict(), "done": [], "timings": {},
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
             self._save()
-        self.log = _logger(self.folder / "log.txt")
+        self.log = _logger(self.folder / "log.txt" if writer else None)
 
     def _save(self) -> None:
-        write_json(self.folder / "run.json", self.meta)
+        if self.writer:
+            write_json(self.folder / "run.json", self.meta)
 
     def done(self, stage: str) -> bool:
         return stage in self.meta["done"]
@@ -112,7 +115,12 @@ class Run:
         self.log.info("%s finished in %.1f s", stage, seconds)
 
 
-def _logger(path: Path) -> logging.Logger:
+def _logger(path: Path | None) -> logging.Logger:
+    if path is None:  # a rank other than 0: stay quiet
+        log = logging.getLogger("vlens.run.silent")
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+        return log
     log = logging.getLogger(f"vlens.run.{path.parent}")
     log.setLevel(logging.INFO)
     if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in log.handlers):
@@ -133,26 +141,45 @@ def run_pipeline(
     stages: tuple[str, ...] = STAGES,
     device: str | None = None,
     model: Any = None,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run (or resume) the stages of ``config`` into ``folder``; returns the folder."""
+    """Run (or resume) the stages of ``config`` into ``folder``; returns the folder.
+
+    Under ``torchrun`` the ranks share locate and validate and only rank 0 writes.
+    ``shard=(i, N)`` runs only the i-th of N shards of locate and writes its partial
+    statistics to ``shards/``, for :func:`merge_run`.
+    """
     import vlens
+    from vlens import distributed
     from vlens.evaluate import Instruments, generate_answers
     from vlens.interventions import value_edit
     from vlens.locate import LocateResult, locate
     from vlens.validate import ValidationResult, validate
 
-    run = Run(folder, config, resume=resume)
+    rank, world = distributed.rank_world()
+    run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0 and shard is None)
     c = config
     if model is None:
-        run.log.info("loading %s", c.model)
-        model = vlens.load_model(c.model, device=device)
+        run.log.info("loading %s%s", c.model, f" on {world} ranks" if world > 1 else "")
+        model = vlens.load_model(c.model, device=distributed.local_device() or device)
     info = vlens.model_info(model)
     if "model" in run.meta and run.meta["model"]["fingerprint"] != _jsonable(info.fingerprint):
         raise RunDirError(f"{run.folder} was run on another model ({run.meta['model']['fingerprint']}); start a new run directory")
     run.meta["model"] = {"info": info.to_dict(), "fingerprint": _jsonable(info.fingerprint)}
     run._save()
     data = vlens.load_value_data(c.data_dir)
+
+    if shard is not None:
+        i, n = shard
+        t = time.time()
+        stats = locate(model, data, dimensions=c.dimensions, scope=c.scope, hook=c.hook, batch_size=c.batch_size,
+                       max_pairs=c.max_pairs, template=c.template, pairs_per_question=c.pairs_per_question, seed=c.seed,
+                       checkpoint_dir=run.folder / "shards" / f"checkpoint-{i}-of-{n}", shard=shard, progress=progress)  # fmt: skip
+        stats.save(run.folder / "shards" / f"stats-{i}-of-{n}")
+        print(f"[vlens] shard {i}/{n}: {int(stats.prompts.sum())} prompts in {time.time() - t:.1f} s; "
+              f"when all {n} shards are done: vlens merge {run.folder}")  # fmt: skip
+        return run.folder
 
     if "locate" in stages and not run.done("locate"):
         t = time.time()
@@ -162,10 +189,13 @@ def run_pipeline(
                         batch_size=c.batch_size, max_pairs=c.max_pairs, template=c.template,
                         pairs_per_question=c.pairs_per_question, seed=c.seed,
                         checkpoint_dir=run.folder / "locate" / "checkpoint", progress=progress)  # fmt: skip
-        result.save(run.folder / "locate")
-        run.log.info("neuron sets:\n%s", result.summary())
-        run.finish("locate", time.time() - t)
-    result = _load(LocateResult.load, run.folder / "locate", "locate") if any(s in stages for s in STAGES[:3]) else None
+        if run.writer:
+            result.save(run.folder / "locate")
+            run.log.info("neuron sets:\n%s", result.summary())
+            run.finish("locate", time.time() - t)
+        distributed.barrier()
+    else:
+        result = _load(LocateResult.load, run.folder / "locate", "locate") if any(s in stages for s in STAGES[:3]) else None
 
     instruments = Instruments.default(data, max_dilemmas=c.max_dilemmas, max_portrait=c.max_portrait,
                                       max_neutral=c.max_neutral, max_questions=c.max_questions)  # fmt: skip
@@ -178,16 +208,20 @@ def run_pipeline(
                 run.log.info("validate %s: gammas %s, %d random sets per condition", dim, c.gammas, c.n_random)
                 v = validate(model, result, instruments=instruments, dimensions=[dim], gammas=c.gammas,
                              n_random=c.n_random, match_frequency=c.match_frequency, ablations=c.ablations,
-                             seed=c.seed, batch_size=max(c.batch_size, 32), progress=progress)  # fmt: skip
-                atomic_write(part, lambda tmp, v=v: v.table.to_csv(tmp, index=False))
-                meta = v.meta
+                             seed=c.seed, batch_size=max(c.batch_size, 32), progress=progress and run.writer)  # fmt: skip
+                if run.writer:
+                    atomic_write(part, lambda tmp, v=v: v.table.to_csv(tmp, index=False))
+                distributed.barrier()
             parts.append(pd.read_csv(part))
         first = parts[0]
         table = pd.concat([first] + [p[p.source != "none"] for p in parts[1:]], ignore_index=True)
         meta = {"config": c.to_dict(), "vlens_version": vlens_version(), "model": info.to_dict(),
                 "instrument_sizes": {k: len(val) for k, val in vars(instruments).items()}}  # fmt: skip
-        ValidationResult(table, meta).save(run.folder / "validation")
-        run.finish("validate", time.time() - t)
+        if run.writer:
+            ValidationResult(table, meta).save(run.folder / "validation")
+            run.finish("validate", time.time() - t)
+    if not run.writer:  # generation and the report are cheap: rank 0 does them alone
+        return run.folder
 
     if "generate" in stages and not run.done("generate") and instruments.questions:
         t = time.time()
@@ -213,6 +247,27 @@ def run_pipeline(
         if not run.done("report"):
             run.finish("report", time.time() - t)
     return run.folder
+
+
+def merge_run(folder: str | os.PathLike) -> Path:
+    """Sum the partial statistics of a ``--shard i/N`` job array and select the neuron sets."""
+    from vlens.distributed import merge_shards
+    from vlens.locate import from_stats
+
+    meta = check_run_dir(folder)
+    folder = Path(folder)
+    parts = sorted((folder / "shards").glob("stats-*-of-*.json")) if (folder / "shards").is_dir() else []
+    if not parts:
+        raise RunDirError(f"{folder} holds no partial statistics (shards/stats-I-of-N); run `vlens locate --shard I/N` first")
+    t = time.time()
+    stats = merge_shards([p.with_suffix("") for p in parts])
+    result = from_stats(stats, meta["config"]["selection"])
+    result.save(folder / "locate")
+    run = Run(folder, RunConfig(**meta["config"]), resume=True)
+    if not run.done("locate"):
+        run.finish("locate", time.time() - t, merged_shards=len(parts))
+    run.log.info("merged %d shards:\n%s", len(parts), result.summary())
+    return folder
 
 
 def _load(loader: Any, path: Path, stage: str) -> Any:

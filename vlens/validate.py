@@ -195,7 +195,7 @@ def validate(
                     ro = random_like(opposing, rs + 50_000, stats=stats, exclude=value_mask | rt.mask(), match_frequency=match_frequency)
                     conditions.append(Condition(d, direction, "random", "paper", gamma, r))
                     edits.append(value_edit(shape, rt, ro, gamma, mode="paper", keep_prob=keep_prob, seed=rs))
-    metrics = evaluate_edits(model, edits, instruments, batch_size=batch_size, progress=progress)
+    metrics = _evaluate_data_parallel(model, edits, instruments, batch_size=batch_size, progress=progress)
     rows = []
     for cond, m in zip(conditions, metrics, strict=True):
         base = {"steered": cond.steered or "", "direction": cond.direction or "", "source": cond.source,
@@ -216,6 +216,26 @@ def validate(
                             "selection": v.params} for k, v in neuron_sets.items()},
     }  # fmt: skip
     return ValidationResult(table, meta)
+
+
+def _evaluate_data_parallel(model: Any, edits: list[Edit], instruments: Instruments, **kwargs: Any) -> list[dict]:
+    """All conditions on one process, or split over the ranks of a torch.distributed group.
+
+    Every rank evaluates the unedited model (the KL reference) and every N-th condition;
+    the metrics are gathered on all ranks in the original order.
+    """
+    from vlens import distributed
+
+    rank, world = distributed.rank_world()
+    if world == 1:
+        return evaluate_edits(model, edits, instruments, **kwargs)
+    mine = [0] + [j for j in range(1, len(edits)) if j % world == rank]
+    local = evaluate_edits(model, [edits[j] for j in mine], instruments, **kwargs)
+    by_index: dict[int, dict] = {}
+    for part in distributed.gather_objects(list(zip(mine, local, strict=True))):
+        for j, m in part:
+            by_index.setdefault(j, m)
+    return [by_index[j] for j in range(len(edits))]
 
 
 def summarise_table(table: pd.DataFrame, metric: str = "orientation") -> pd.DataFrame:
