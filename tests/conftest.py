@@ -44,3 +44,16 @@ def small_data():
             questions.append({"id": f"{dim}.q{i}", "dimension": dim, "domain": "work", "split": "search" if i < 3 else "test",
                               "text": f"Situation {i} at work for {dim}: a choice comes up{'!' * i} What would you do?"})
     return ValueData(descriptions=descriptions, questions=questions, source="test fixture")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    """A whole `vlens run` on the tiny model, for report and browser tests."""
+    from vlens.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny_run") / "run"
+    args = ["run", "--out", str(folder), "--model", "tiny-llama", "--max-pairs", "2", "--max-dilemmas", "1",
+            "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1", "--gammas", "0.5,1", "--n-random", "2",
+            "--selection", "top_k:10", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    return folder

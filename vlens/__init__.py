@@ -8,7 +8,7 @@ The data path of a run reads straight down the modules:
 
 __version__ = "0.1.0"
 
-from vlens import data
+from vlens import data, interventions
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight
 from vlens.locate import LocateResult, from_stats, locate
@@ -23,6 +23,7 @@ from vlens.models import (
     tiny_model,
 )
 from vlens.neurons import NeuronSet, Selection, select
+from vlens.selectors import SELECTORS, compare
 from vlens.stats import NeuronStats
 
 __all__ = [
@@ -32,13 +33,16 @@ __all__ = [
     "ModelNotAvailableError",
     "NeuronSet",
     "NeuronStats",
+    "SELECTORS",
     "Selection",
     "__version__",
     "build_prompts",
     "collect_stats",
+    "compare",
     "data",
     "encode",
     "format_prompt",
+    "interventions",
     "from_stats",
     "load_model",
     "load_value_data",

@@ -195,6 +195,15 @@ def select(
 ) -> NeuronSet:
     """Select the neurons of ``pole`` in ``dimension`` by ``selection`` (a :class:`Selection` or its string form)."""
     selection = Selection.parse(selection) if isinstance(selection, str) else selection
+    total = len(stats.layers) * stats.d_mlp
+    if selection.rule in {"paper", "top_k"} and selection.k >= total:
+        import warnings
+
+        warnings.warn(
+            f"selection {selection.rule} with k={selection.k} takes every one of this model's {total} neurons; "
+            "use a smaller top_k or top_frac (the paper's 2,000 was set for models with many more neurons)",
+            stacklevel=2,
+        )
     values = directed_score(stats, dimension, pole, selection.score)
     mask = select_mask(values, selection) & torch.isfinite(values)
     layer_idx, neuron_idx = mask.nonzero(as_tuple=True)

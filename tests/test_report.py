@@ -1,0 +1,46 @@
+"""The report: self-contained HTML that renders in a real headless browser with no request leaving the machine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from vlens.report import markdown_summary
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags that keep headless Chromium from contacting anything by itself (updates, sync, ...).
+QUIET = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions"]  # fmt: skip
+
+
+def test_report_files(tiny_run_dir):
+    html = (tiny_run_dir / "report.html").read_text()
+    md = (tiny_run_dir / "report.md").read_text()
+    assert "Causal validation" in html and "data:image/png;base64," in html
+    assert not re.search(r"<script[^>]+src=[\"']?https?://", html) and "unpkg.com" not in html.split("CircuitsVis")[0]
+    assert "| steered | direction | gamma |" in md
+    assert md == markdown_summary(tiny_run_dir)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_offline_in_chromium(tiny_run_dir, tmp_path):
+    report = (tiny_run_dir / "report.html").resolve()
+    netlog = tmp_path / "netlog.json"
+    profile = tmp_path / "profile"
+    dom = subprocess.run([CHROMIUM, *QUIET, f"--user-data-dir={profile}", f"--log-net-log={netlog}", "--virtual-time-budget=5000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # circuitsvis rendered its React components: token spans exist inside the containers
+    assert "Single neurons" in dom.stdout and re.search(r'id="circuits-vis-[^"]+"[^>]*>\s*<', dom.stdout)
+    shot = tmp_path / "report.png"
+    res = subprocess.run([CHROMIUM, *QUIET, f"--user-data-dir={profile}", "--window-size=1200,2400", f"--screenshot={shot}",
+                          report.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0 and shot.stat().st_size > 20_000
+    events = json.loads(netlog.read_text().rstrip().rstrip(",") + ("]}" if not netlog.read_text().rstrip().endswith("}") else ""))
+    urls = {e.get("params", {}).get("url", "") for e in events.get("events", [])}
+    remote = sorted(u for u in urls if u.startswith(("http://", "https://", "ws://", "wss://")))
+    assert remote == [], f"the report made network requests: {remote[:5]}"
