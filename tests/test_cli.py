@@ -83,3 +83,13 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
     assert meta["done"] == ["locate", "validate", "generate", "report"]
     for name in ("report.html", "report.md", "answers.jsonl", "log.txt", "validation/validation.csv"):
         assert (folder / name).exists(), name
+
+
+def test_compare_subcommand(tiny_run_dir, capsys):
+    args = ["compare", str(tiny_run_dir), "--sizes", "0.02", "--n-random", "2", "--max-dilemmas", "1", "--max-portrait", "3",
+            "--max-neutral", "1", "--selectors", "delta,lape,random", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "comparison:" in out and "lape" in out
+    assert (tiny_run_dir / "compare" / "compare_summary.csv").exists()
+    assert (tiny_run_dir / "compare" / "shift_vs_kl.html").exists()

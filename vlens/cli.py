@@ -3,6 +3,7 @@
     vlens run                      locate + validate + report on the offline default model
     vlens locate / validate / report   one stage into a run directory
     vlens locate --shard I/N + vlens merge   job arrays; torchrun --nproc_per_node=N -m vlens ... for one node
+    vlens compare DIR              baseline selectors on the same footing
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -99,6 +100,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import vlens
+    from vlens.evaluate import Instruments
+    from vlens.locate import LocateResult
+    from vlens.pipeline import check_run_dir
+    from vlens.selectors import compare, compare_figures
+    from vlens.viz import figure_to_data_uri
+
+    meta = check_run_dir(args.run_dir)
+    folder = Path(args.run_dir)
+    if not (folder / "locate" / "locate.json").exists():
+        raise UserError(f"{folder} has no locate results yet; run `vlens locate --out {folder}` first")
+    cfg = meta["config"]
+    model = vlens.load_model(cfg["model"], device=args.device)
+    data = vlens.load_value_data(cfg.get("data_dir"))
+    inst = Instruments.default(data, max_dilemmas=args.max_dilemmas, max_portrait=args.max_portrait, max_neutral=args.max_neutral)
+    prompts = vlens.build_prompts(data, model, dimensions=args.dimensions, max_pairs=cfg["max_pairs"], template=cfg["template"],
+                                  pairs_per_question=cfg["pairs_per_question"], seed=cfg["seed"])  # fmt: skip
+    result = compare(model, LocateResult.load(folder / "locate"), dimensions=args.dimensions, sizes=args.sizes,
+                     selectors=args.selectors, instruments=inst, gammas=args.gammas, n_random=args.n_random,
+                     prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
+    out = result.save(folder / "compare")
+    for name, fig in compare_figures(result).items():
+        (out / f"{name}.html").write_text(f'<img src="{figure_to_data_uri(fig)}">')
+    print(result.summary().to_string(index=False))
+    print(f"\ncomparison: {out}")
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from vlens.pipeline import merge_run
 
@@ -183,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "locate":
             p.add_argument("--shard", metavar="I/N", help="run only shard I of N (job arrays); then `vlens merge DIR`")
         p.set_defaults(func=lambda a, stages=stages: _run_stages(a, stages))
+    cmp = sub.add_parser("compare", help="compare neuron selectors (paper, mean diff, LAPE, probe, attribution, random)")
+    cmp.add_argument("run_dir", help="a run directory with locate results")
+    cmp.add_argument("--dimensions", type=_dims)
+    cmp.add_argument("--selectors", type=lambda t: [x for x in t.split(",") if x], help="comma-separated (default all)")
+    cmp.add_argument("--sizes", type=_floats, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons")
+    cmp.add_argument("--gammas", type=_floats, default=[1.0])
+    cmp.add_argument("--n-random", type=int, default=10)
+    cmp.add_argument("--max-dilemmas", type=int, default=4)
+    cmp.add_argument("--max-portrait", type=int, default=19)
+    cmp.add_argument("--max-neutral", type=int, default=2)
+    cmp.add_argument("--device")
+    cmp.add_argument("--quiet", action="store_true")
+    cmp.set_defaults(func=_cmd_compare)
     merge = sub.add_parser("merge", help="sum the partial statistics of `vlens locate --shard I/N` tasks")
     merge.add_argument("run_dir")
     merge.set_defaults(func=_cmd_merge)
