@@ -382,6 +382,18 @@ def summarise(raw: _Raw, cond: int, instruments: Instruments) -> dict[str, Any]:
     return out
 
 
+def metric_rows(base: dict[str, Any], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One tidy row (``base`` plus metric, measured, value) per number in :func:`summarise`'s output."""
+    rows = []
+    for metric in ("orientation", "letter_orientation", "plus_preferred", "portrait"):
+        for measured, value in metrics[metric].items():
+            rows.append(base | {"metric": metric, "measured": measured, "value": value})
+    for metric in ("kl", "perplexity", "position_bias_A"):
+        if metrics.get(metric) is not None:
+            rows.append(base | {"metric": metric, "measured": "", "value": metrics[metric]})
+    return rows
+
+
 def portrait_scores(letter_logprobs: Sequence[Float[Tensor, " 6"]], items: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Centred dimension scores from the A-F log-probabilities of each portrait item."""
     probs = torch.stack(list(letter_logprobs)).softmax(-1)  # renormalised over the six letters

@@ -47,7 +47,7 @@ from torch import Tensor
 from vlens._io import sha256_json, vlens_version, write_json
 from vlens.activations import activation_fn, check_layers, plan_batches, resolve_hook, tokenize_prompts
 from vlens.data.prompts import Prompt
-from vlens.evaluate import Instruments, build_sequences, evaluate_edits
+from vlens.evaluate import Instruments, build_sequences, evaluate_edits, metric_rows
 from vlens.interventions import Edit, _check_set, value_edit
 from vlens.locate import LocateResult
 from vlens.models import model_info, pad, pad_id, position_ids
@@ -779,12 +779,7 @@ def compare(
 
     rows = []
     for base, m in zip(rows_meta, metrics, strict=True):
-        for metric in ("orientation", "letter_orientation", "plus_preferred", "portrait"):
-            for measured, value in m[metric].items():
-                rows.append(base | {"metric": metric, "measured": measured, "value": value})
-        for metric in ("kl", "perplexity", "position_bias_A"):
-            if m.get(metric) is not None:
-                rows.append(base | {"metric": metric, "measured": "", "value": m[metric]})
+        rows += metric_rows(base, m)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
     overlap = pd.DataFrame(

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool
 
 from vlens._io import sha256_json, vlens_version, write_json
-from vlens.evaluate import Instruments, evaluate_edits
+from vlens.evaluate import Instruments, evaluate_edits, metric_rows
 from vlens.interventions import Edit, _check_set, value_edit
 from vlens.locate import LocateResult
 from vlens.models import model_info
@@ -200,12 +200,7 @@ def validate(
     for cond, m in zip(conditions, metrics, strict=True):
         base = {"steered": cond.steered or "", "direction": cond.direction or "", "source": cond.source,
                 "mode": cond.mode or "", "gamma": cond.gamma, "seed": cond.seed}  # fmt: skip
-        for metric in ("orientation", "letter_orientation", "plus_preferred", "portrait"):
-            for measured, value in m[metric].items():
-                rows.append(base | {"metric": metric, "measured": measured, "value": value})
-        for metric in ("kl", "perplexity", "position_bias_A"):
-            if m.get(metric) is not None:
-                rows.append(base | {"metric": metric, "measured": "", "value": m[metric]})
+        rows += metric_rows(base, m)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     meta = {
         "model": info.to_dict(), "vlens_version": vlens_version(), "dimensions": dims, "directions": list(directions),

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlens._io import sha256_json
-from vlens.data.schemas import DataFormatError, read_records
+from vlens.data.schemas import DataFormatError, _rows, read_records
 from vlens.values import AUTHOR_KEYS, DIMENSIONS
 
 SHIPPED_DIR = Path(__file__).parent / "valueinsight"
@@ -103,14 +102,8 @@ def load_author_layout(folder: str | os.PathLike) -> ValueData:
     if not desc_file.exists():
         raise FileNotFoundError(f"{desc_file} not found: expected the authors' layout (value_descrption.json, search/, test/)")
     descriptions, counters = [], {}
-    for lineno, line in enumerate(desc_file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in _rows(desc_file):
         where = f"{desc_file}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from err
         if not isinstance(row, dict) or len(row) != 1:
             raise DataFormatError(f"{where}: expected one key (a dimension name, optionally _reversed)")
         ((key, text),) = row.items()
@@ -131,14 +124,8 @@ def load_author_layout(folder: str | os.PathLike) -> ValueData:
             path = folder / split / f"{dim}.json"
             if not path.exists():
                 continue
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
+            for lineno, row in _rows(path):
                 where = f"{path}, line {lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from err
                 if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
                     raise DataFormatError(f"{where}: missing or empty field 'question'")
                 qid = str(row.get("question_id", lineno))
