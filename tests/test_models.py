@@ -157,3 +157,20 @@ def test_corrupt_cache_is_rebuilt_not_trusted(smollm, tmp_path):
     (copy / "model.safetensors").unlink()  # missing file: rebuilt too
     vlens.load_model(cache_dir=tmp_path / "cache")
     assert (copy / "model.safetensors").exists()
+
+
+def test_device_map_goes_to_the_bridge(monkeypatch):
+    """Models bigger than one GPU: the placement reaches TransformerBridge.boot_transformers."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    seen = {}
+
+    def fake_boot(name, **kwargs):
+        seen.update(kwargs)
+        raise OSError("no hub here")
+
+    monkeypatch.setattr(models, "_in_local_hf_cache", lambda name: True)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(fake_boot))
+    with pytest.raises(vlens.ModelNotAvailableError, match="meta-llama/Llama-3.1-8B"):
+        vlens.load_model("meta-llama/Llama-3.1-8B", device_map="auto", dtype=torch.bfloat16)
+    assert seen == {"device_map": "auto", "dtype": torch.bfloat16}

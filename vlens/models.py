@@ -226,6 +226,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> Any:
     """Load a model as a TransformerLens ``TransformerBridge`` with ``vlens_info`` provenance.
 
@@ -233,7 +234,9 @@ def load_model(
     the first call de-quantizes its GGUF file (~20 s) and caches a safetensors copy in
     ``cache_dir`` (default :func:`default_cache_dir`); later calls take a few seconds.
     ``"tiny-llama"`` / ``"tiny-gpt2"`` give :func:`tiny_model`. Any other name goes to
-    TransformerLens' own loader, which needs the Hugging Face hub.
+    TransformerLens' own loader, which needs the Hugging Face hub; ``device_map`` (e.g.
+    ``"auto"``) then spreads a model too big for one GPU over several, through the bridge's
+    accelerate-based placement, with every hook still in place.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
@@ -243,7 +246,7 @@ def load_model(
         return tiny_model(key.removeprefix("tiny-"), device=dev, dtype=dtype)
     if key in {DEFAULT_MODEL, "smollm2-135m-instruct-q4_1"}:
         return _load_default(dev, dtype, Path(cache_dir) if cache_dir else default_cache_dir())
-    return _load_from_hub(name, dev, dtype)
+    return _load_from_hub(name, dev, dtype, device_map)
 
 
 def _load_default(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
@@ -293,7 +296,7 @@ def _in_local_hf_cache(name: str) -> bool:
         return False
 
 
-def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype, device_map: Any = None) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     offline = ", ".join(OFFLINE_MODELS)
@@ -303,7 +306,8 @@ def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
             f"from this machine, so it cannot be loaded. Models that work offline: {offline}."
         )
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        placement = {"device_map": device_map} if device_map is not None else {"device": device}
+        bridge = TransformerBridge.boot_transformers(name, dtype=dtype, **placement)
     except Exception as err:  # network, unknown repo, unsupported architecture...
         raise ModelNotAvailableError(
             f"Could not load model {name!r} through TransformerLens ({type(err).__name__}: {err}). "
@@ -311,7 +315,7 @@ def _load_from_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
             f"or does not know that name. Models that work offline: {offline}."
         ) from err
     bridge.eval()
-    bridge.vlens_info = _describe(bridge, name=name, source="hub")
+    bridge.vlens_info = _describe(bridge, name=name, source="hub", extra={"device_map": str(device_map)} if device_map else {})
     return bridge
 
 
