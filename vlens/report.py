@@ -135,6 +135,17 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                   "<h3>All value-edit conditions</h3>", _fmt(summary).to_html(index=False, classes="table")]  # fmt: skip
         sections.append("\n".join(parts))
 
+    compare_dir = run_dir / "compare"
+    if (compare_dir / "compare_summary.csv").exists():
+        summary = pd.read_csv(compare_dir / "compare_summary.csv")
+        costs = pd.read_csv(compare_dir / "costs.csv") if (compare_dir / "costs.csv").exists() else pd.DataFrame()
+        figures = "".join((compare_dir / f"{name}.html").read_text() for name in ("shift_by_size", "shift_vs_kl", "overlap")
+                          if (compare_dir / f"{name}.html").exists())  # fmt: skip
+        sections.append("<h2>Baseline selectors</h2><p>Every selector's sets edited the same way (paper mode) and "
+                        "compared with layer-matched random edits of the same size.</p>"
+                        + _fmt(summary).to_html(index=False, classes="table") + figures
+                        + "<h3>Cost of each selector</h3>" + _fmt(costs).to_html(index=False, classes="table"))  # fmt: skip
+
     if (run_dir / "answers.jsonl").exists():
         answers = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines() if line.strip()]
         rows = "".join(f"<tr><td>{html.escape(a['question_id'])}</td><td>{html.escape(a['edit'])}</td>"
