@@ -107,3 +107,12 @@ def test_validate_bad_input(tiny_llama, located, instruments, tmp_path):
     bad.write_text(json.dumps({"id": "x", "dimension": "Conservation", "context": "c", "option_plus": "p"}) + "\n")
     with pytest.raises(DataFormatError, match="dilemmas.jsonl, line 1: missing field 'option_minus'"):
         Instruments.from_files(dilemmas=bad)
+
+
+def test_small_portrait_samples_cover_every_dimension():
+    from vlens.values import SCORING_KEY
+
+    for k in (4, 8, 12):
+        items = Instruments.default(max_portrait=k).portrait_items
+        assert len(items) == k == len({i["id"] for i in items})
+        assert {SCORING_KEY[i["basic_value"]][0] for i in items} == {"Openness_to_Change", "Conservation", "Self-Enhancement", "Self-Transcendence"}

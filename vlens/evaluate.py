@@ -99,17 +99,24 @@ class Instruments:
 
 
 def _spread(items: list[dict], k: int | None) -> list[dict]:
-    """Up to ``k`` portrait items, taken round-robin over the values so each keeps its share."""
+    """Up to ``k`` portrait items, round-robin over the values, with the values ordered so the
+    four dimensions alternate: every dimension is scored even when ``k`` < the number of values."""
     if k is None or k >= len(items):
         return list(items)
     by_value: dict[str, list[dict]] = defaultdict(list)
     for it in items:
         by_value[it["value"]].append(it)
+    by_dim: dict[str, list[str]] = defaultdict(list)
+    for value, group in by_value.items():
+        basic = group[0].get("basic_value") or basic_value_of(value)
+        by_dim[SCORING_KEY[basic][0]].append(value)
+    queues = list(by_dim.values())
+    values = [q.pop(0) for _ in range(len(by_value)) for q in queues if q][: len(by_value)]
     out: list[dict] = []
     while len(out) < k:
-        for group in by_value.values():
-            if group and len(out) < k:
-                out.append(group.pop(0))
+        for value in values:
+            if by_value[value] and len(out) < k:
+                out.append(by_value[value].pop(0))
     return out
 
 
