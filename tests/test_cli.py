@@ -93,3 +93,7 @@ def test_compare_subcommand(tiny_run_dir, capsys):
     assert "comparison:" in out and "lape" in out
     assert (tiny_run_dir / "compare" / "compare_summary.csv").exists()
     assert (tiny_run_dir / "compare" / "shift_vs_kl.html").exists()
+    from vlens.report import write_report
+
+    html = write_report(tiny_run_dir, neuron_views=0).read_text()
+    assert "Baseline selectors" in html and "Cost of each selector" in html
