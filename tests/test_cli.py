@@ -85,15 +85,19 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
         assert (folder / name).exists(), name
 
 
-def test_compare_subcommand(tiny_run_dir, capsys):
-    args = ["compare", str(tiny_run_dir), "--sizes", "0.02", "--n-random", "2", "--max-dilemmas", "1", "--max-portrait", "3",
+def test_compare_subcommand(tiny_run_dir, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"  # a copy: the shared run directory's report stays as `vlens run` wrote it
+    shutil.copytree(tiny_run_dir, run_dir)
+    args = ["compare", str(run_dir), "--sizes", "0.02", "--n-random", "2", "--max-dilemmas", "1", "--max-portrait", "3",
             "--max-neutral", "1", "--selectors", "delta,lape,random", "--quiet"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "comparison:" in out and "lape" in out
-    assert (tiny_run_dir / "compare" / "compare_summary.csv").exists()
-    assert (tiny_run_dir / "compare" / "shift_vs_kl.html").exists()
+    assert (run_dir / "compare" / "compare_summary.csv").exists()
+    assert (run_dir / "compare" / "shift_vs_kl.html").exists()
     from vlens.report import write_report
 
-    html = write_report(tiny_run_dir, neuron_views=0).read_text()
+    html = write_report(run_dir, neuron_views=0).read_text()
     assert "Baseline selectors" in html and "Cost of each selector" in html
