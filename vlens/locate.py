@@ -57,7 +57,7 @@ class LocateResult:
         folder = Path(folder)
         self.stats.save(folder / "stats")
         for name, s in self.neuron_sets.items():
-            s.save(folder / "neurons" / name.replace(":", "_").replace("+", "plus").replace("-", "minus", 1))
+            s.save(folder / "neurons" / _set_file(name))
         write_json(folder / "locate.json", {"selection": self.selection.to_dict(), "sets": list(self.neuron_sets)})
         return folder
 
@@ -68,10 +68,16 @@ class LocateResult:
         stats = NeuronStats.load(folder / "stats")
         sets = {}
         for name in meta["sets"]:
-            sets[name] = NeuronSet.load(folder / "neurons" / name.replace(":", "_").replace("+", "plus").replace("-", "minus", 1))
+            sets[name] = NeuronSet.load(folder / "neurons" / _set_file(name))
         result = cls(stats, sets, Selection(**meta["selection"]))
         result.scores = {d: all_scores(stats, d) for d in result.dimensions}
         return result
+
+
+def _set_file(name: str) -> str:
+    """File name of a neuron set: "Self-Enhancement:-" -> "Self-Enhancement_minus"."""
+    dimension, pole = name.rsplit(":", 1)
+    return f"{dimension}_{'plus' if pole == '+' else 'minus'}"
 
 
 def locate(
