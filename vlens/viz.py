@@ -39,10 +39,10 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vlens.activations import activation_fn, check_layers, resolve_hook
 from vlens.data.prompts import Prompt
 from vlens.locate import LocateResult
-from vlens.models import model_info, pad, pad_id, position_ids, tokenize
+from vlens.models import model_info, tokenize
+from vlens.runner import Batch, activation_fn, check_layers, forward, resolve_hook
 from vlens.values import POLES
 
 POLE_COLORS = {"+": "#1f77b4", "-": "#d62728"}  # blue: toward the value, red: toward its reversed aspect
@@ -111,7 +111,6 @@ def neuron_activations(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rows = _tokenize(model, prompts)
     act = activation_fn(model, hook)
-    device = torch.device(model.cfg.device)
     box: list[Tensor] = []
 
     def copy_column(tensor: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
@@ -121,13 +120,9 @@ def neuron_activations(
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["ids"]), i))  # similar lengths share a batch
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        tokens, mask = pad([rows[i]["ids"] for i in batch], padding_side="right", value=pad_id(model))
         box.clear()
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(point, copy_column)]):
-            model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
-                  stop_at_layer=layer + 1)  # fmt: skip
-        if len(box) != 1:
-            raise RuntimeError(f"the hook on {point} ran {len(box)} times in one forward pass (expected once)")
+        with torch.inference_mode():
+            forward(model, Batch.of(model, [rows[i]["ids"] for i in batch]), hooks=[(point, copy_column)], stop_at=point)
         column: Float[Tensor, "batch pos"] = box[0]
         for j, i in enumerate(batch):
             values[i] = column[j, : len(rows[i]["ids"])].tolist()
