@@ -19,10 +19,9 @@ One module per method (with its options dataclass), ``base`` for what they share
 :func:`compare` edits every selector's sets against the same random controls in one batched
 evaluation; :func:`vlens.viz.compare_figures` draws the result.
 
-Every selector ranks the neurons of ``stats.layers`` and takes the top ``k``. Where a
-method proper ranks fewer than ``k`` neurons (LAPE's activity filter, the probe's zero
-weights), the set is filled from a documented fallback ranking and ``params["n_fallback"]``
-says how many neurons came from it, so the size is always exactly ``k``.
+Every selector ranks the neurons of ``stats.layers`` and takes the top ``k``. Where a method proper
+ranks fewer (LAPE's activity filter, the probe's zero weights), the set is filled from a documented
+fallback ranking and ``params["n_fallback"]`` says how many neurons came from it.
 """
 
 from vlens.selectors.attribution import AttributionOptions, AttributionScores, attribution_scores, dilemma_metric_rows

@@ -122,8 +122,7 @@ def _attribution_items(ctx: SelectorContext, dimension: str, options: Attributio
     if options.dilemmas is not None:
         items = [d for d in options.dilemmas if d["dimension"] == dimension]
     else:
-        items = [d for d in ctx.value_data().dilemmas if d["dimension"] == dimension and d["id"] not in held_out]
-        items = items[-options.n_items :]
+        items = [d for d in ctx.value_data().dilemmas if d["dimension"] == dimension and d["id"] not in held_out][-options.n_items :]
     if shared := held_out & {d.get("id") for d in items}:
         warnings.warn(f"{len(shared)} attribution dilemmas of {dimension} are also evaluation items: the comparison "
                       "favours attribution patching", stacklevel=5)  # fmt: skip

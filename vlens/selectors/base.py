@@ -69,10 +69,9 @@ class SelectorContext:
 
 
 Selector = Callable[..., NeuronSet]
-"""``fn(ctx, dimension, pole, k, reference=None) -> NeuronSet`` of exactly ``k`` neurons.
-``reference`` is a set of the same dimension, pole and size that a selector may match
-(only ``random`` uses it). A selector with options takes them as ``options=`` (bind them
-with :func:`functools.partial`)."""
+"""``fn(ctx, dimension, pole, k, reference=None) -> NeuronSet`` of exactly ``k`` neurons. ``reference`` is a
+set of the same dimension, pole and size that a selector may match (only ``random`` uses it). A selector
+with options takes them as ``options=`` (bind them with :func:`functools.partial`)."""
 
 
 def run_selector(

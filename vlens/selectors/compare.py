@@ -98,8 +98,7 @@ def compare(
     dilemmas of ``data`` per dimension that are *not* among the evaluation items; a warning
     when given ones are).
     """
-    if isinstance(stats, LocateResult):
-        stats = stats.stats
+    stats = stats.stats if isinstance(stats, LocateResult) else stats
     info = model_info(model)
     shape = (info.n_layers, info.d_mlp)
     names = list(selectors) if selectors is not None else list(SELECTORS)
@@ -195,9 +194,7 @@ def compare(
     return CompareResult(table, overlap, costs, kept, meta)
 
 
-def _random_pair(
-    stats: NeuronStats, sets: dict, pool: str, dim: str, direction: str, k: int, rs: int
-) -> tuple[NeuronSet, NeuronSet]:
+def _random_pair(stats: NeuronStats, sets: dict, pool: str, dim: str, direction: str, k: int, rs: int) -> tuple[NeuronSet, NeuronSet]:
     """A random target and opposing set for one control, layer-matched to ``pool``'s sets (or uniform)."""
     other = "-" if direction == "+" else "+"
     if pool == "uniform":
@@ -228,8 +225,7 @@ def summarise_compare(
     out = []
     sel = table[table.source == "selector"]
     rnd_all = table[table.source == "random"]
-    keys = ["selector", "dimension", "direction", "size", "gamma"]
-    for (name, dim, direction, k, gamma), group in sel.groupby(keys, sort=False):
+    for (name, dim, direction, k, gamma), group in sel.groupby(["selector", "dimension", "direction", "size", "gamma"], sort=False):
         sign = 1.0 if direction == "+" else -1.0
         rnd = rnd_all[(rnd_all.dimension == dim) & (rnd_all.direction == direction) & (rnd_all["size"] == k)
                       & (rnd_all.gamma == gamma) & ((rnd_all.selector == name) if each else True)]  # fmt: skip

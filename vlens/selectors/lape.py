@@ -65,7 +65,6 @@ def lape_selector(
     lape = lape_scores(ctx.stats, dimension, filter_rate=options.filter_rate)
     mine = lape.larger == (1 if pole == "+" else -1)
     tier = torch.where(mine & lape.eligible, 2, torch.where(mine, 1, 0))
-    delta = directed_score(ctx.stats, dimension, pole, "delta")
-    value = torch.where(mine, -lape.entropy, delta)
+    value = torch.where(mine, -lape.entropy, directed_score(ctx.stats, dimension, pole, "delta"))
     return _top_exact(ctx.stats, dimension, pole, k, primary=tier == 2, tier=tier, value=value, score=-lape.entropy, method="lape",
                       params={"filter_rate": options.filter_rate, "threshold": lape.threshold})  # fmt: skip

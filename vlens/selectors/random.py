@@ -23,8 +23,7 @@ def random_selector(
         if any(int(layer) not in pos_of for layer in drawn.layers):
             raise ValueError("the reference set has neurons outside the statistics' layers")
         flat = torch.tensor([pos_of[int(layer)] for layer in drawn.layers], dtype=torch.long) * stats.d_mlp + drawn.neurons
-        params = {"k": k, "seed": seed, "like": reference.method}
     else:
         flat = torch.randperm(len(stats.layers) * stats.d_mlp, generator=torch.Generator().manual_seed(seed))[:k]
-        params = {"k": k, "seed": seed, "like": None}
+    params = {"k": k, "seed": seed, "like": reference.method if reference is not None else None}
     return _make_set(stats, dimension, pole, flat, torch.zeros(k), "random", params)
