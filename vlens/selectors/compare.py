@@ -82,7 +82,7 @@ def compare(
     dilemmas: Sequence[dict[str, Any]] | None = None, n_attribution_items: int = 16, probe_C: float = 1.0,
     keep_prob: float = 0.9, seed: int = 0, batch_size: int = 32, selector_batch_size: int = 8, progress: bool = True,
 ) -> CompareResult:  # fmt: skip
-    """Compare selectors on the same footing (see the module docstring).
+    """Compare selectors on the same footing (see :mod:`vlens.selectors`).
 
     For every selector, dimension and size (:func:`set_sizes`) the ``+`` and ``-`` sets are
     built, and the paper's edit (``value_edit``, mode ``paper``, toward ``+`` and toward
