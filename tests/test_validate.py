@@ -13,7 +13,8 @@ from vlens.data import DataFormatError
 from vlens.evaluate import Instruments, evaluate_edits, portrait_scores
 from vlens.interventions import Edit, value_edit
 from vlens.locate import locate
-from vlens.validate import ValidationResult, random_like, validate
+from vlens.neurons import random_like
+from vlens.validate import ValidationResult, validate
 
 
 @pytest.fixture(scope="module")

@@ -773,9 +773,82 @@ def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str 
     return fig
 
 
+def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figure]:
+    """The figures of a selector comparison (:func:`vlens.selectors.compare`): ``shift_by_size`` (shift per
+    neuron budget, each selector, random mean +- sd in grey), ``shift_vs_kl`` (the Pareto view: shift against
+    KL, random edits as grey crosses) and ``overlap`` (mean Jaccard between selectors per size)."""
+    s = result.summary(metric)
+    names = result.meta.get("selectors") or sorted(s.selector.unique())
+    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    panels = [(d, g) for d in s.dimension.unique() for g in sorted(s.gamma.unique())]
+    figs: dict[str, Any] = {}
+
+    fig = _figure(10, 3.2 * len(panels))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for row, (dim, gamma) in enumerate(panels):
+        for col, direction in enumerate(POLES):
+            ax = axes[row][col]
+            part = s[(s.dimension == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
+            ref = part.drop_duplicates("size")
+            ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd, color="0.85",
+                            label="random (mean +- sd)")  # fmt: skip
+            for name in names:
+                p = part[part.selector == name]
+                ax.plot(p["size"], p["shift"], marker="o", color=colors[name], label=name)
+            ax.axhline(0, color="0.5", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("neurons per pole")
+            ax.set_ylabel(f"{metric} shift toward {direction}")
+            ax.set_title(f"{dim}, steer {direction}, gamma {gamma:g}")
+    axes[0][0].legend(fontsize=7)
+    figs["shift_by_size"] = fig
+
+    dims = list(s.dimension.unique())
+    fig = _figure(5 * len(dims), 4)
+    axes = fig.subplots(1, len(dims), squeeze=False)[0]
+    t = result.table
+    base = t[(t.source == "none") & (t.metric == metric)].set_index("measured")["value"]
+    for ax, dim in zip(axes, dims, strict=True):
+        rnd = t[(t.source == "random") & (t.dimension == dim)]
+        key = ["direction", "size", "gamma", "seed", "selector"]
+        r_m = rnd[(rnd.metric == metric) & (rnd.measured == dim)].set_index(key)["value"]
+        r_kl = rnd[rnd.metric == "kl"].set_index(key)["value"]
+        sign = r_m.index.get_level_values("direction").map({"+": 1.0, "-": -1.0}).to_numpy()
+        ax.scatter(r_kl.reindex(r_m.index), sign * (r_m - base.get(dim, math.nan)), marker="x", color="0.6", label="random")
+        for name in names:
+            for direction, marker in (("+", "o"), ("-", "v")):
+                p = s[(s.dimension == dim) & (s.selector == name) & (s.direction == direction)]
+                ax.scatter(p.kl, p["shift"], marker=marker, color=colors[name], label=f"{name} {direction}")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("KL to the unedited model (nats/token)")
+        ax.set_ylabel(f"{metric} shift toward the steering direction")
+        ax.set_title(dim)
+    axes[0].legend(fontsize=6, ncol=2)
+    figs["shift_vs_kl"] = fig
+
+    ov = result.overlap
+    ks = sorted(ov["size"].unique())
+    fig = _figure(4.2 * len(ks), 4.4)
+    axes = fig.subplots(1, len(ks), squeeze=False)[0]
+    for ax, k in zip(axes, ks, strict=True):
+        mat = ov[ov["size"] == k].groupby(["selector_a", "selector_b"])["jaccard"].mean().unstack().reindex(index=names, columns=names)
+        im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                v = mat.iloc[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.5 else "k")
+        ax.set_title(f"Jaccard, {k} neurons per pole")
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    figs["overlap"] = fig
+    return figs
+
+
 __all__ = [
     "POLE_COLORS",
     "circuitsvis_html",
+    "compare_figures",
     "cost_vs_gamma",
     "figure_to_data_uri",
     "leakage_heatmap",
