@@ -174,7 +174,8 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from vlens.activations import HOOKS, SCOPES
+    from vlens.activations import SCOPES
+    from vlens.runner import HOOK_POINTS as HOOKS
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
     p.add_argument("--out", help="run directory (default runs/run-DATE-TIME)")

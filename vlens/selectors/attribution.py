@@ -12,14 +12,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlens.activations import check_layers
 from vlens.evaluate import Instruments, build_sequences
-from vlens.models import pad, pad_id, position_ids
 from vlens.neurons import NeuronSet
+from vlens.runner import HOOK_POINTS, Batch, check_layers, forward, hook_name, logprobs
 from vlens.selectors.base import SelectorContext, _top_exact
 from vlens.stats import NeuronStats, class_label
-
-EDIT_POINT = "blocks.{layer}.mlp.hook_post"  # where value_edit acts, so where attribution differentiates
 
 
 @dataclass(frozen=True)
@@ -51,16 +48,6 @@ def dilemma_metric_rows(model: Any, dilemmas: Sequence[dict[str, Any]]) -> tuple
     return [s.ids for s in seqs], [s.split for s in seqs], weights
 
 
-def _next_token_logprobs(model: Any, hidden: Tensor) -> Tensor:
-    hf = model.original_model
-    logits = hf.get_output_embeddings()(hidden)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.log_softmax(-1)
-
-
 def attribution_scores(
     model: Any, stats: NeuronStats, dimension: str, dilemmas: Sequence[dict[str, Any]], *, batch_size: int = 8
 ) -> AttributionScores:
@@ -79,7 +66,6 @@ def attribution_scores(
         raise ValueError(f"attribution patching needs forced-choice dilemmas of {dimension}")
     ids, splits, weights = dilemma_metric_rows(model, items)
     layers = check_layers(model, stats.layers)
-    device = torch.device(model.cfg.device)
     grad = torch.zeros(len(layers), stats.d_mlp, dtype=torch.float64)
     leaves: dict[int, Tensor] = {}
 
@@ -90,20 +76,17 @@ def attribution_scores(
 
         return leaf_hook
 
-    fwd_hooks = [(EDIT_POINT.format(layer=layer), make_hook(i)) for i, layer in enumerate(layers)]
+    fwd_hooks = [(hook_name("post", layer), make_hook(i)) for i, layer in enumerate(layers)]
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     metric = 0.0
     with torch.inference_mode(False), torch.enable_grad():
         for batch in batches:
-            tokens, mask = pad([ids[i] for i in batch], padding_side="right", value=pad_id(model))
             leaves.clear()
-            with model.hooks(fwd_hooks=fwd_hooks):
-                hidden = model.original_model.base_model(input_ids=tokens.to(device), attention_mask=mask.to(device),
-                                                         position_ids=position_ids(mask).to(device)).last_hidden_state  # fmt: skip
+            hidden = forward(model, Batch.of(model, [ids[i] for i in batch]), hooks=fwd_hooks)
             total = 0.0
             for r, i in enumerate(batch):
-                lp = _next_token_logprobs(model, hidden[r, splits[i] - 1 : len(ids[i]) - 1])
+                lp = logprobs(model, hidden[r, splits[i] - 1 : len(ids[i]) - 1])
                 scored = torch.tensor(ids[i][splits[i] :], device=lp.device)
                 total = total + weights[i] * lp.gather(-1, scored[:, None]).sum()
             grads = torch.autograd.grad(total, [leaves[p] for p in range(len(layers))])
@@ -147,4 +130,4 @@ def attribution_selector(
     everyone = torch.ones_like(directed, dtype=torch.bool)
     return _top_exact(ctx.stats, dimension, pole, k, primary=everyone, tier=everyone.long(), value=directed,
                       score=directed, method="attribution", params={"dilemmas": item_ids, "metric": att.metric,
-                                                                    "hook": EDIT_POINT})  # fmt: skip
+                                                                    "hook": HOOK_POINTS["post"]})  # fmt: skip

@@ -11,10 +11,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vlens.activations import activation_fn, check_layers, plan_batches, resolve_hook, tokenize_prompts
+from vlens.activations import plan_batches, tokenize_prompts
 from vlens.data import Prompt, build_prompts
-from vlens.models import model_info, pad, pad_id, position_ids
+from vlens.models import model_info
 from vlens.neurons import NeuronSet
+from vlens.runner import Batch, activation_fn, check_layers, forward, resolve_hook
 from vlens.selectors.base import SelectorContext, _top_exact
 
 
@@ -30,9 +31,9 @@ def pooled_features(
 ) -> tuple[Float[Tensor, "prompt layer neuron"], int]:  # fmt: skip
     """Per prompt, the mean activation of every neuron over the tokens of ``scope``; and the number of forward passes.
 
-    Reuses :mod:`vlens.activations` (tokenization and token scopes, length-sorted batches,
-    padding with the attention mask, explicit position ids). Each hook reduces its layer to
-    ``[batch, d_mlp]`` at once, so no per-token activations are kept.
+    Reuses :mod:`vlens.activations`' tokenization, token scopes and length-sorted batches, and
+    runs through :mod:`vlens.runner`. Each hook reduces its layer to ``[batch, d_mlp]`` at
+    once, so no per-token activations are kept.
     """
     if scope == "generated":
         raise ValueError("pooled_features pools prompt tokens: use scope 'question', 'all' or 'last'")
@@ -41,7 +42,6 @@ def pooled_features(
     layers = check_layers(model, layers)
     rows = tokenize_prompts(model, prompts, scope)
     out = torch.zeros(len(rows), len(layers), model_info(model).d_mlp)
-    device = torch.device(model.cfg.device)
     act = activation_fn(model, hook)
     box: dict[str, Tensor] = {}
 
@@ -54,17 +54,15 @@ def pooled_features(
 
     fwd_hooks = [(resolve_hook(model, hook, layer), make_hook(i)) for i, layer in enumerate(layers)]
     batches = plan_batches(rows, batch_size)
-    with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+    with torch.inference_mode():
         for batch in batches:
-            batch_rows = [rows[i] for i in batch]
-            tokens, mask = pad([r.ids for r in batch_rows], padding_side="right", value=pad_id(model))
-            sel = torch.zeros(tokens.shape, dtype=torch.float32)
-            for i, r in enumerate(batch_rows):
-                sel[i, : len(r.select)] = torch.tensor(r.select, dtype=torch.float32)
-            box["w"] = (sel / sel.sum(1, keepdim=True).clamp(min=1)).to(device)
+            tokens = Batch.of(model, [rows[i].ids for i in batch])
+            sel = torch.zeros(tokens.tokens.shape, dtype=torch.float32)
+            for j, i in enumerate(batch):
+                sel[j, : len(rows[i].select)] = torch.tensor(rows[i].select, dtype=torch.float32)
+            box["w"] = (sel / sel.sum(1, keepdim=True).clamp(min=1)).to(model.cfg.device)
             box["rows"] = torch.tensor(batch)
-            model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
-                  stop_at_layer=layers[-1] + 1)  # fmt: skip
+            forward(model, tokens, hooks=fwd_hooks, stop_at=fwd_hooks[-1][0])
     return out, len(batches)
 
 
