@@ -6,9 +6,8 @@ The data path of a run reads straight down the modules:
 ``evaluate`` -> ``validate`` -> ``viz`` / ``report``; ``cli`` is a thin layer on top.
 """
 
-__version__ = "0.1.0"
-
 from vlens import data, interventions
+from vlens._version import __version__
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight
 from vlens.locate import LocateResult, from_stats, locate

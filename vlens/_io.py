@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlens._version import __version__
+
 FORMAT_VERSION = 1
 
 
@@ -26,8 +28,6 @@ class VlensFileError(ValueError):
 
 
 def vlens_version() -> str:
-    from vlens import __version__
-
     return __version__
 
 
