@@ -10,7 +10,7 @@ from vlens import data, interventions
 from vlens._version import __version__
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight
-from vlens.locate import LocateResult, from_stats, locate
+from vlens.locate import LocateResult, from_stats, locate, locate_shard
 from vlens.models import (
     DEFAULT_MODEL,
     ModelInfo,
@@ -47,6 +47,7 @@ __all__ = [
     "load_value_data",
     "load_valueinsight",
     "locate",
+    "locate_shard",
     "model_info",
     "select",
     "tiny_model",

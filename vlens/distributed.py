@@ -12,14 +12,12 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from vlens.data.prompts import Prompt
 from vlens.stats import NeuronStats
-
-T = TypeVar("T")
 
 
 def rank_world() -> tuple[int, int]:
@@ -63,10 +61,6 @@ def shard_prompts(prompts: Sequence[Prompt], index: int, count: int) -> list[Pro
     pairs = list(dict.fromkeys(p.pair_id for p in prompts))
     mine = set(pairs[index::count])
     return [p for p in prompts if p.pair_id in mine]
-
-
-def shard_items(items: Sequence[T], index: int, count: int) -> list[T]:
-    return list(items[index::count])
 
 
 def all_reduce_stats(stats: NeuronStats) -> NeuronStats:

@@ -155,7 +155,7 @@ def run_pipeline(
     from vlens.evaluate import Instruments
     from vlens.generation import generate_answers
     from vlens.interventions import value_edit
-    from vlens.locate import LocateResult, locate
+    from vlens.locate import LocateResult, locate, locate_shard
     from vlens.validate import ValidationResult, validate
 
     rank, world = distributed.rank_world()
@@ -174,9 +174,9 @@ def run_pipeline(
     if shard is not None:
         i, n = shard
         t = time.time()
-        stats = locate(model, data, dimensions=c.dimensions, scope=c.scope, hook=c.hook, batch_size=c.batch_size,
-                       max_pairs=c.max_pairs, template=c.template, pairs_per_question=c.pairs_per_question, seed=c.seed,
-                       checkpoint_dir=run.folder / "shards" / f"checkpoint-{i}-of-{n}", shard=shard, progress=progress)  # fmt: skip
+        stats = locate_shard(model, data, shard, dimensions=c.dimensions, scope=c.scope, hook=c.hook, batch_size=c.batch_size,
+                             max_pairs=c.max_pairs, template=c.template, pairs_per_question=c.pairs_per_question, seed=c.seed,
+                             checkpoint_dir=run.folder / "shards" / f"checkpoint-{i}-of-{n}", progress=progress)  # fmt: skip
         stats.save(run.folder / "shards" / f"stats-{i}-of-{n}")
         print(f"[vlens] shard {i}/{n}: {int(stats.prompts.sum())} prompts in {time.time() - t:.1f} s; "
               f"when all {n} shards are done: vlens merge {run.folder}")  # fmt: skip

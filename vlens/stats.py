@@ -9,6 +9,7 @@ and every score (activation probability, means, variances, Cohen's d, ...) comes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlens._io import load_tensors, save_tensors
+from vlens.values import PoleKey
 
 
 def class_label(dimension: str, pole: str) -> str:
-    return f"{dimension}:{pole}"
+    return str(PoleKey(dimension, pole))
 
 
 @dataclass
@@ -133,6 +135,12 @@ class NeuronStats:
         )  # fmt: skip
 
     __add__ = merge
+
+    def to(self, device: torch.device | str) -> NeuronStats:
+        """These statistics with every tensor on ``device`` (the tensors are copied only if they move)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        names = ("tokens", "active", "sum", "sumsq", "hist", "hist_edges", "prompts")
+        return dataclasses.replace(self, meta=dict(self.meta), **{name: move(getattr(self, name)) for name in names})
 
     # ------------------------------------------------------------------ derived quantities
 
