@@ -59,10 +59,6 @@ def _config(args: argparse.Namespace):
     return RunConfig.from_dict(RunConfig().to_dict() | saved | (FULL if "full" in args else {}) | given)
 
 
-def _out(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-
-
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from vlens.distributed import parse_shard
     from vlens.pipeline import run_pipeline
@@ -70,7 +66,7 @@ def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
     if shard is not None and not args.out:
         raise UserError("--shard needs --out: every shard of a job array writes into the same run directory")
-    args.out = str(_out(args))  # fixed now, so an interrupted run can name it
+    args.out = args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")  # fixed now, so an interrupted run can name it
     folder = run_pipeline(args.out, _config(args), resume=args.resume or args.command != "run", stages=stages,
                           device=args.device, shard=shard, progress=not args.quiet)  # fmt: skip
     if shard is not None:

@@ -35,7 +35,7 @@ class LocateResult:
 
     @property
     def dimensions(self) -> list[str]:
-        return list(dict.fromkeys(PoleKey.parse(c).dimension for c in self.stats.classes))
+        return self.stats.dimensions
 
     def __getitem__(self, key: str) -> NeuronSet:
         return self.neuron_sets[key]
@@ -66,12 +66,8 @@ class LocateResult:
         folder = Path(folder)
         meta = read_json(folder / "locate.json")
         stats = NeuronStats.load(folder / "stats")
-        sets = {}
-        for name in meta["sets"]:
-            sets[name] = NeuronSet.load(folder / "neurons" / _set_file(name))
-        result = cls(stats, sets, Selection(**meta["selection"]))
-        result.scores = {d: all_scores(stats, d) for d in result.dimensions}
-        return result
+        sets = {name: NeuronSet.load(folder / "neurons" / _set_file(name)) for name in meta["sets"]}
+        return cls(stats, sets, Selection(**meta["selection"]), {d: all_scores(stats, d) for d in stats.dimensions})
 
 
 def _set_file(name: str) -> str:
@@ -138,20 +134,9 @@ def locate_shard(model: Any, data: ValueData | Sequence[Prompt] | None, shard: t
     return _collect(model, data, shard, **options)
 
 
-def _collect(
-    model: Any,
-    data: Any,
-    part: tuple[int, int] | None,
-    *,
-    dimensions: Sequence[str] | None = None,
-    split: str = "search",
-    template: str = "auto",
-    pairs_per_question: int = 7,
-    max_pairs: int | None = None,
-    seed: int = 0,
-    hist_edges: Tensor | None | str = None,
-    **collect: Any,
-) -> NeuronStats:
+def _collect(model: Any, data: Any, part: tuple[int, int] | None, *, dimensions: Sequence[str] | None = None,
+             split: str = "search", template: str = "auto", pairs_per_question: int = 7, max_pairs: int | None = None,
+             seed: int = 0, hist_edges: Tensor | None | str = None, **collect: Any) -> NeuronStats:  # fmt: skip
     """The statistics of the prompts of ``data`` (only of its ``part=(i, N)``-th shard, when given)."""
     from vlens import distributed
 
@@ -172,9 +157,8 @@ def _collect(
             wanted = {dimension(d).name for d in dimensions}
             prompts = [p for p in prompts if p.dimension in wanted]
         dataset_sha, source = sha256_json([p.to_dict() for p in prompts]), "user prompts"
-    dims = list(dict.fromkeys(p.dimension for p in prompts))
-    all_classes = sorted({class_label(p.dimension, p.pole) for p in prompts},
-                         key=lambda c: (dims.index(PoleKey.parse(c).dimension), c.endswith("-")))  # fmt: skip
+    present = {(p.dimension, p.pole) for p in prompts}  # every shard gets all classes, in the order of the data
+    all_classes = [class_label(d, p) for d in dict.fromkeys(q.dimension for q in prompts) for p in POLES if (d, p) in present]
     if part is not None:
         prompts = distributed.shard_prompts(prompts, *part)
     if hist_edges == "auto":
@@ -188,7 +172,6 @@ def _collect(
 def from_stats(stats: NeuronStats, selection: Selection | str = "paper") -> LocateResult:
     """Scores and neuron sets from existing statistics (e.g. merged shards, or another selection rule)."""
     selection = Selection.parse(selection) if isinstance(selection, str) else selection
-    dims = list(dict.fromkeys(PoleKey.parse(c).dimension for c in stats.classes))
     provenance = provenance_of(stats) | {"selection_sha256": sha256_json(selection.to_dict())}
-    sets = {f"{d}:{p}": select(stats, d, p, selection, provenance=provenance) for d in dims for p in POLES}
-    return LocateResult(stats, sets, selection, {d: all_scores(stats, d) for d in dims})
+    sets = {f"{d}:{p}": select(stats, d, p, selection, provenance=provenance) for d in stats.dimensions for p in POLES}
+    return LocateResult(stats, sets, selection, {d: all_scores(stats, d) for d in stats.dimensions})

@@ -30,8 +30,7 @@ from vlens._io import atomic_write, atomic_write_text, read_json, vlens_version,
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
-# What a quick run measures (the README's `vlens run`); `--full` lifts the sample sizes.
-QUICK = {"max_pairs": 24, "max_dilemmas": 2, "max_portrait": 10, "max_neutral": 1, "max_questions": 2, "gammas": [1.0], "n_random": 3}
+# The defaults below are what a quick run measures (the README's `vlens run`); `--full` lifts the sample sizes.
 FULL = {"max_pairs": None, "max_dilemmas": None, "max_portrait": None, "max_neutral": None, "max_questions": None,
         "gammas": [0.5, 1.0, 2.0], "n_random": 20}
 
@@ -50,7 +49,7 @@ class LocateConfig:
     hook: str = "post"
     selection: str = "paper"
     template: str = "auto"
-    max_pairs: int | None = QUICK["max_pairs"]
+    max_pairs: int | None = 24
     pairs_per_question: int = 7
     batch_size: int = 16
     seed: int = 0
@@ -67,14 +66,14 @@ class LocateConfig:
 class ValidateConfig:
     """The settings of validate and generate: free to change until validate is done."""
 
-    gammas: list[float] = field(default_factory=lambda: list(QUICK["gammas"]))
-    n_random: int = QUICK["n_random"]
+    gammas: list[float] = field(default_factory=lambda: [1.0])
+    n_random: int = 3
     match_frequency: bool = False
     ablations: bool = True
-    max_dilemmas: int | None = QUICK["max_dilemmas"]
-    max_portrait: int | None = QUICK["max_portrait"]
-    max_neutral: int | None = QUICK["max_neutral"]
-    max_questions: int | None = QUICK["max_questions"]
+    max_dilemmas: int | None = 2
+    max_portrait: int | None = 10
+    max_neutral: int | None = 1
+    max_questions: int | None = 2
     max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
@@ -104,19 +103,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> RunConfig:
-        unknown = sorted(set(settings) - set(SETTINGS))
-        if unknown:
+        if unknown := sorted(set(settings) - set(SETTINGS)):
             raise ValueError(f"unknown run settings {unknown}; expected some of {', '.join(SETTINGS)}")
-        parts = {"locate": {}, "validate": {}}
-        for name, value in settings.items():
-            parts[SETTINGS[name]][name] = value
-        return cls(LocateConfig(**parts["locate"]), ValidateConfig(**parts["validate"]))
+        section = lambda kind: kind(**{k: v for k, v in settings.items() if SETTINGS[k] is kind})  # noqa: E731
+        return cls(section(LocateConfig), section(ValidateConfig))
 
 
-# setting -> the section it belongs to; a stage's results fix the settings of its section
-SETTINGS = {f.name: section for section, kind in (("locate", LocateConfig), ("validate", ValidateConfig))
-            for f in dataclasses.fields(kind)}  # fmt: skip
-STAGE_SECTION = {"locate": "locate", "validate": "validate", "generate": "validate"}
+# setting -> its section; a finished stage fixes the settings of its section
+SETTINGS = {f.name: kind for kind in (LocateConfig, ValidateConfig) for f in dataclasses.fields(kind)}
+STAGE_SECTION = {"locate": LocateConfig, "validate": ValidateConfig, "generate": ValidateConfig}
 
 
 class Run:
@@ -128,16 +123,10 @@ class Run:
         self.writer = writer  # under torch.distributed only rank 0 writes
         if writer:
             self.folder.mkdir(parents=True, exist_ok=True)
-        meta_path = self.folder / "run.json"
-        if meta_path.exists():
+        if (self.folder / "run.json").exists():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose a new --out")
-            meta = read_json(meta_path)
-            if meta.get("vlens_version") != vlens_version():
-                raise RunDirError(
-                    f"{self.folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}; "
-                    "start a new run directory"
-                )
+            meta = check_run_dir(self.folder)
             settled = {STAGE_SECTION[stage] for stage in meta["done"] if stage in STAGE_SECTION}
             old, new = meta.get("config", {}), config.to_dict()
             changed = sorted(k for k, section in SETTINGS.items() if section in settled and old.get(k) != new.get(k))
@@ -146,13 +135,11 @@ class Run:
                     f"{self.folder} has finished {', '.join(meta['done'])} with other settings ({', '.join(changed)} "
                     "differ); resume with those settings or choose a new --out"
                 )
-            meta["config"] = new  # the settings of the stages still to run may change
-            self.meta = meta
-            self._save()
+            self.meta = meta | {"config": new}  # the settings of the stages still to run may change
         else:
             self.meta = {"vlens_version": vlens_version(), "config": config.to_dict(), "done": [], "timings": {},
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-            self._save()
+        self._save()
         self.log = _logger(self.folder / "log.txt" if writer else None)
 
     def _save(self) -> None:
@@ -350,5 +337,6 @@ def check_run_dir(folder: str | os.PathLike) -> dict[str, Any]:
         raise RunDirError(f"{folder} is not a vlens run directory (no run.json)")
     meta = read_json(folder / "run.json")
     if meta.get("vlens_version") != vlens_version():
-        raise RunDirError(f"{folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}")
+        raise RunDirError(f"{folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}; "
+                          "start a new run directory")  # fmt: skip
     return meta

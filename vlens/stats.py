@@ -138,11 +138,13 @@ class NeuronStats:
 
     def to(self, device: torch.device | str) -> NeuronStats:
         """These statistics with every tensor on ``device`` (the tensors are copied only if they move)."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        names = ("tokens", "active", "sum", "sumsq", "hist", "hist_edges", "prompts")
-        return dataclasses.replace(self, meta=dict(self.meta), **{name: move(getattr(self, name)) for name in names})
+        return dataclasses.replace(self, meta=dict(self.meta), **{k: v.to(device) for k, v in self.tensors().items()})
 
     # ------------------------------------------------------------------ derived quantities
+
+    @property
+    def dimensions(self) -> list[str]:
+        return list(dict.fromkeys(PoleKey.parse(c).dimension for c in self.classes))
 
     def class_index(self, label: str) -> int:
         if label not in self.classes:

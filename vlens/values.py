@@ -88,11 +88,6 @@ DIMENSIONS: dict[str, Dimension] = {
         ),
     )  # fmt: skip
 }
-DIMENSION_NAMES: tuple[str, ...] = tuple(DIMENSIONS)
-OPPOSING_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Openness_to_Change", "Conservation"),
-    ("Self-Enhancement", "Self-Transcendence"),
-)
 
 # Scoring key for portrait items: basic value -> the dimensions whose score it enters.
 # Hedonism shares Openness to Change and Self-Enhancement, as in the theory.
