@@ -10,6 +10,7 @@ each task writes partial statistics and ``vlens merge`` sums them.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -104,9 +105,6 @@ def merge_shards(paths: Sequence[str | os.PathLike]) -> NeuronStats:
     if have != list(range(n)):
         missing = sorted(set(range(n)) - set(have))
         raise ValueError(f"shards {missing} of {n} are missing (or repeated: {have}); run them before merging")
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)  # refuses other models, hooks, scopes, datasets, templates
-    total.meta = {k: v for k, v in total.meta.items() if k != "shard"} | {"merged_shards": n}
-    total.meta["n_prompts"] = int(total.prompts.sum().item())
+    total = functools.reduce(NeuronStats.merge, parts)  # merge refuses other models, hooks, scopes, datasets, templates
+    total.meta = {k: v for k, v in total.meta.items() if k != "shard"} | {"merged_shards": n, "n_prompts": int(total.prompts.sum())}
     return total

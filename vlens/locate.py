@@ -77,27 +77,13 @@ def _set_file(name: str) -> str:
 
 
 def locate(
-    model: Any,
-    data: ValueData | Sequence[Prompt] | None = None,
-    *,
-    dimensions: Sequence[str] | None = None,
-    scope: str = "question",
-    hook: str = "post",
-    selection: Selection | str = "paper",
-    layers: Sequence[int] | None = None,
-    batch_size: int = 16,
-    max_pairs: int | None = None,
-    split: str = "search",
-    template: str = "auto",
-    pairs_per_question: int = 7,
-    seed: int = 0,
-    hist_edges: Tensor | None | str = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 20,
-    max_new_tokens: int = 64,
-    prefix_reuse: bool = True,
-    progress: bool = True,
-) -> LocateResult:
+    model: Any, data: ValueData | Sequence[Prompt] | None = None, *, dimensions: Sequence[str] | None = None,
+    scope: str = "question", hook: str = "post", selection: Selection | str = "paper", layers: Sequence[int] | None = None,
+    batch_size: int = 16, max_pairs: int | None = None, split: str = "search", template: str = "auto",
+    pairs_per_question: int = 7, seed: int = 0, hist_edges: Tensor | None | str = None,
+    checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 20, max_new_tokens: int = 64,
+    prefix_reuse: bool = True, progress: bool = True,
+) -> LocateResult:  # fmt: skip
     """Locate value neurons: contrast the ``+`` and ``-`` prompts of each dimension.
 
     ``data`` is a :class:`~vlens.data.ValueData` (default: the shipped ValueInsight) or the

@@ -176,16 +176,9 @@ def _logger(path: Path | None) -> logging.Logger:
 
 
 def run_pipeline(
-    folder: str | os.PathLike,
-    config: RunConfig,
-    *,
-    resume: bool = False,
-    stages: tuple[str, ...] = STAGES,
-    device: str | None = None,
-    model: Any = None,
-    shard: tuple[int, int] | None = None,
-    progress: bool = True,
-) -> Path:
+    folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, stages: tuple[str, ...] = STAGES,
+    device: str | None = None, model: Any = None, shard: tuple[int, int] | None = None, progress: bool = True,
+) -> Path:  # fmt: skip
     """Run (or resume) the stages of ``config`` into ``folder``; returns the folder.
 
     Under ``torchrun`` the ranks share locate and validate and only rank 0 writes.
@@ -265,11 +258,10 @@ def run_pipeline(
         t = time.time()
         shape = (info.n_layers, info.d_mlp)
         answers = generate_answers(model, None, instruments.questions, max_new_tokens=vc.max_new_tokens)
+        gamma = max(vc.gammas)
         for dim in result.dimensions:
             qs = [q for q in instruments.questions if q["dimension"] == dim]
-            for direction in "+-":
-                other = "-" if direction == "+" else "+"
-                gamma = max(vc.gammas)
+            for direction, other in (("+", "-"), ("-", "+")):
                 edit = value_edit(shape, result[f"{dim}:{direction}"], result[f"{dim}:{other}"], gamma, seed=lc.seed)
                 edit.label = f"{dim} toward {direction}, gamma {gamma:g}"
                 answers += generate_answers(model, edit, qs, max_new_tokens=vc.max_new_tokens)

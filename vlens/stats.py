@@ -185,9 +185,7 @@ class NeuronStats:
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"tokens": self.tokens, "active": self.active, "sum": self.sum, "sumsq": self.sumsq, "prompts": self.prompts}
-        if self.hist is not None:
-            out |= {"hist": self.hist, "hist_edges": self.hist_edges}
-        return out
+        return out | ({"hist": self.hist, "hist_edges": self.hist_edges} if self.hist is not None else {})
 
     def save(self, path: str | os.PathLike) -> None:
         meta = {"classes": self.classes, "layers": self.layers, "d_mlp": self.d_mlp, "meta": self.meta}
