@@ -100,6 +100,16 @@ def test_locate_then_validate_with_other_validation_options(tmp_path, capsys):
     assert "gammas differ" in capsys.readouterr().err
 
 
+def test_shards_then_merge_then_validate(tmp_path, capsys):
+    folder = tmp_path / "run"
+    for i in range(2):  # every task of a job array records the settings, so merge and validate find them
+        assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
+    assert main(["merge", str(folder)]) == 0
+    assert f"continue with: vlens validate --out {folder}" in capsys.readouterr().out
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["done"] == ["locate"] and meta["merged_shards"] == 2 and meta["config"]["dimensions"] == ["Conservation"]
+
+
 @pytest.mark.parametrize("bad,message", [
     (["--n-random", "1"], "--n-random must be at least 2"),
     (["--gammas", "nan"], "--gammas must be one or more finite numbers"),

@@ -30,7 +30,7 @@ from vlens._io import atomic_write, atomic_write_text, read_json, vlens_version,
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
-# The defaults below are what a quick run measures (the README's `vlens run`); `--full` lifts the sample sizes.
+# The config defaults are a quick run (the README's `vlens run`); `--full` lifts these sample sizes.
 FULL = {"max_pairs": None, "max_dilemmas": None, "max_portrait": None, "max_neutral": None, "max_questions": None,
         "gammas": [0.5, 1.0, 2.0], "n_random": 20}
 
