@@ -227,8 +227,11 @@ def run_pipeline(
             run.log.info("neuron sets:\n%s", result.summary())
             run.finish("locate", time.time() - t)
         distributed.barrier()
-    else:
-        result = _load(LocateResult.load, run.folder / "locate", "locate") if any(s in stages for s in STAGES[:3]) else None
+    elif any(s in stages for s in STAGES[:3]):
+        try:
+            result = LocateResult.load(run.folder / "locate")
+        except (OSError, ValueError, KeyError) as err:
+            raise RunDirError(f"the locate results in {run.folder / 'locate'} are missing or unreadable ({err}); rerun locate") from err
 
     instruments = Instruments.default(data, max_dilemmas=vc.max_dilemmas, max_portrait=vc.max_portrait,
                                       max_neutral=vc.max_neutral, max_questions=vc.max_questions)  # fmt: skip
@@ -307,13 +310,6 @@ def merge_run(folder: str | os.PathLike) -> Path:
         run.finish("locate", time.time() - t, merged_shards=len(parts))
     run.log.info("merged %d shards:\n%s", len(parts), result.summary())
     return folder
-
-
-def _load(loader: Any, path: Path, stage: str) -> Any:
-    try:
-        return loader(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise RunDirError(f"the {stage} results in {path} are missing or unreadable ({err}); rerun that stage") from err
 
 
 def _jsonable(obj: Any) -> Any:
