@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -58,8 +59,6 @@ class Instrument:
 
 def scored_logprobs(seq: ScoredSeq, lp: Float[Tensor, "scored vocab"]) -> Float[Tensor, " scored"]:
     """Log-prob of each scored token of ``seq``."""
-    import torch
-
     scored = torch.tensor(seq.ids[seq.split :], device=lp.device)
     return lp[: len(scored)].gather(-1, scored[:, None]).squeeze(-1)
 
