@@ -13,6 +13,7 @@ from vlens.data import DataFormatError
 from vlens.evaluate import Instruments, evaluate_edits, portrait_scores
 from vlens.interventions import Edit, value_edit
 from vlens.locate import locate
+from vlens.experiment import TABLE_COLUMNS
 from vlens.validate import ValidationResult, random_like, validate
 
 
@@ -84,7 +85,8 @@ def test_validate_table_and_summary(tmp_path, tiny_llama, located, instruments):
     result = validate(tiny_llama, located, instruments=instruments, dimensions=["Conservation"], gammas=[1.0], n_random=3,
                       batch_size=16, progress=False)  # fmt: skip
     t = result.table
-    assert list(t.columns) == ["steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured", "value"]
+    assert list(t.columns) == TABLE_COLUMNS
+    assert set(t.selector) == {"", "delta"} and set(t.loc[t.source != "none", "size"]) == {8}
     assert set(t.source) == {"none", "value", "random"} and set(t["mode"]) >= {"paper", "boost_only", "clamp_only"}
     assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 3  # 2 directions x 3 seeds
     s = result.summary()

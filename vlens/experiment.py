@@ -1,0 +1,287 @@
+"""The experiment core shared by :func:`vlens.validate.validate` and :func:`vlens.selectors.compare`.
+
+An experiment is a list of :class:`Condition` objects (one edited model each, with its labels),
+evaluated in batched forward passes after the unedited reference (:func:`run`, data-parallel
+over the ranks of a torch.distributed group), giving one tidy table: one row per (condition,
+metric, measured dimension) with the columns :data:`TABLE_COLUMNS`, ``""`` or NaN where a
+label does not apply. :func:`summarise` compares every edit with its random controls.
+
+A condition kind is a ``source`` label and a function that builds its conditions, like
+:func:`steering_conditions` for value edits (``"value"``) and random controls (``"random"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import einops
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool
+
+from vlens.evaluate import Instruments, evaluate_edits, metric_rows
+from vlens.interventions import Edit, value_edit
+from vlens.models import model_info
+from vlens.neurons import NeuronSet, directed_score
+from vlens.stats import NeuronStats, class_label
+
+CONDITION_KEYS = ["selector", "steered", "direction", "source", "mode", "size", "gamma", "seed"]
+TABLE_COLUMNS = [*CONDITION_KEYS, "metric", "measured", "value"]
+SUMMARY_KEYS = ["selector", "steered", "direction", "mode", "size", "gamma"]
+Draw = Callable[[int, int], tuple[NeuronSet, NeuronSet]]
+
+
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """One evaluated model: the edit that makes it and its labels in the table."""
+
+    source: str  # "none" (the unedited reference), "value" (a selector's sets), "random" (a size-matched control)
+    edit: Edit
+    selector: str = ""
+    steered: str = ""
+    direction: str = ""
+    mode: str = ""
+    size: int | None = None
+    gamma: float | None = None
+    seed: int | None = None  # the random control's index r (see random_seeds)
+
+    def labels(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in CONDITION_KEYS}
+
+
+def random_seeds(seed: int, r: int) -> tuple[int, int]:
+    """Seeds of random control ``r``: its target-pole set (and Bernoulli mask), its opposing set."""
+    rs = seed * 100_003 + r
+    return rs, rs + 50_000
+
+
+def random_like(
+    ns: NeuronSet,
+    seed: int,
+    *,
+    stats: NeuronStats | None = None,
+    exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
+    match_frequency: bool = False,
+    n_bins: int = 10,
+) -> NeuronSet:
+    """A random set with the same number of neurons in every layer as ``ns`` (seeded).
+
+    ``exclude`` neurons are never drawn. With ``match_frequency`` the draw is also matched
+    on activation-probability decile (in ``ns``'s pole). With ``stats`` the random neurons
+    carry their own activation probability and delta, so the same edit formula applies.
+    """
+    n_layers, d_mlp = ns.n_layers, ns.d_mlp
+    g = torch.Generator().manual_seed(int(seed))
+    key = torch.rand(n_layers, d_mlp, generator=g, dtype=torch.float64)
+    if exclude is not None:
+        key = torch.where(exclude, torch.full_like(key, 2.0), key)  # excluded neurons rank last
+    group = einops.repeat(torch.arange(n_layers), "l -> l n", n=d_mlp)
+    n_groups = n_layers
+    prob = _dense_pole(stats, ns, "prob") if stats is not None else None
+    if match_frequency:
+        if prob is None:
+            raise ValueError("match_frequency needs the NeuronStats (stats=...)")
+        decile = (prob * n_bins).long().clamp(max=n_bins - 1)
+        group, n_groups = group * n_bins + decile, n_layers * n_bins
+    need = torch.bincount(group[ns.layers, ns.neurons], minlength=n_groups)
+    flat_group, flat_key = group.flatten(), key.flatten()
+    order = torch.argsort(flat_group.double() * 4 + flat_key)  # by group, then random key
+    sorted_group = flat_group[order]
+    first = torch.searchsorted(sorted_group, torch.arange(n_groups))
+    rank = torch.arange(len(order)) - first[sorted_group]
+    chosen = order[rank < need[sorted_group]]
+    available = torch.bincount(flat_group[flat_key < 2.0], minlength=n_groups)
+    if (available < need).any():
+        raise ValueError(f"not enough neurons outside the excluded ones to match {ns.name} per layer")
+    layers, neurons = chosen // d_mlp, chosen % d_mlp
+    delta = _dense_pole(stats, ns, "delta") if stats is not None else None
+    return NeuronSet(
+        ns.dimension, ns.pole, layers, neurons, torch.zeros(len(layers)), n_layers, d_mlp,
+        act_prob=None if prob is None else prob[layers, neurons], delta=None if delta is None else delta[layers, neurons],
+        method="random", params={"seed": int(seed), "match_frequency": match_frequency, "like": ns.name},
+        provenance=dict(ns.provenance),
+    )  # fmt: skip
+
+
+def _dense_pole(stats: NeuronStats, ns: NeuronSet, what: str) -> torch.Tensor:
+    out = torch.zeros(ns.n_layers, ns.d_mlp, dtype=torch.float64)
+    if what == "prob":
+        values = stats.activation_probability()[stats.class_index(class_label(ns.dimension, ns.pole))]
+    else:
+        values = directed_score(stats, ns.dimension, ns.pole, "delta")
+    out[torch.tensor(stats.layers)] = values.cpu()
+    return out
+
+
+def matched_pair(
+    target: NeuronSet, opposing: NeuronSet, seeds: tuple[int, int], *, stats: NeuronStats | None = None,
+    match_frequency: bool = False,
+) -> tuple[NeuronSet, NeuronSet]:  # fmt: skip
+    """Random sets with the counts per layer of ``target`` and ``opposing``: outside both, and disjoint."""
+    value_mask = target.mask() | opposing.mask()
+    rt = random_like(target, seeds[0], stats=stats, exclude=value_mask, match_frequency=match_frequency)
+    ro = random_like(opposing, seeds[1], stats=stats, exclude=value_mask | rt.mask(), match_frequency=match_frequency)
+    return rt, ro
+
+
+def steering_conditions(
+    shape: tuple[int, int],
+    target: NeuronSet,
+    opposing: NeuronSet,
+    gammas: Sequence[float],
+    *,
+    modes: Sequence[str] = ("paper",),
+    n_random: int = 0,
+    selector: str | None = None,
+    stats: NeuronStats | None = None,
+    match_frequency: bool = False,
+    draw: Draw | None = None,
+    keep_prob: float = 0.9,
+    seed: int = 0,
+) -> list[Condition]:
+    """Steering toward ``target``'s pole (its set boosted, ``opposing`` clamped): the value edits in
+    ``modes`` (clamp_only, gamma-free, once at gamma 0), then per gamma those of the other modes and
+    ``n_random`` paper-mode random controls, drawn by ``draw(*random_seeds(seed, r))`` (default:
+    :func:`matched_pair`). Value edits use the Bernoulli seed ``seed``, random control r its own."""
+    labels = {"selector": selector or target.method, "steered": target.dimension, "direction": target.pole,
+              "size": len(target)}  # fmt: skip
+    draw = draw or (lambda *s: matched_pair(target, opposing, s, stats=stats, match_frequency=match_frequency))
+
+    def edit(t: NeuronSet, o: NeuronSet, gamma: float, mode: str, s: int) -> Edit:
+        return value_edit(shape, t, o, gamma, mode=mode, keep_prob=keep_prob, seed=s)
+
+    out = []
+    if "clamp_only" in modes:
+        out.append(Condition("value", edit(target, opposing, 0.0, "clamp_only", seed), mode="clamp_only", gamma=0.0,
+                             **labels))  # fmt: skip
+    for gamma in gammas:
+        out += [Condition("value", edit(target, opposing, gamma, mode, seed), mode=mode, gamma=gamma, **labels)
+                for mode in modes if mode != "clamp_only"]  # fmt: skip
+        for r in range(n_random):
+            seeds = random_seeds(seed, r)
+            out.append(Condition("random", edit(*draw(*seeds), gamma, "paper", seeds[0]), mode="paper", gamma=gamma,
+                                 seed=r, **labels))  # fmt: skip
+    return out
+
+
+def run(model: Any, conditions: Sequence[Condition], instruments: Instruments, *, batch_size: int = 32,
+        progress: bool = True) -> pd.DataFrame:  # fmt: skip
+    """The tidy table of the unedited model (the KL reference, evaluated first) and ``conditions``."""
+    info = model_info(model)
+    conditions = [Condition("none", Edit.identity(info.n_layers, info.d_mlp, label="unedited")), *conditions]
+    metrics = evaluate(model, [c.edit for c in conditions], instruments, batch_size=batch_size, progress=progress)
+    rows = [row for c, m in zip(conditions, metrics, strict=True) for row in metric_rows(c.labels(), m)]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def evaluate(model: Any, edits: list[Edit], instruments: Instruments, **kwargs: Any) -> list[dict]:
+    """All edits on one process, or split over the ranks of a torch.distributed group.
+
+    Every rank evaluates the unedited model ``edits[0]`` (the KL reference) and every N-th edit;
+    the metrics are gathered on all ranks in the original order.
+    """
+    from vlens import distributed
+
+    rank, world = distributed.rank_world()
+    if world == 1:
+        return evaluate_edits(model, edits, instruments, **kwargs)
+    mine = [0] + [j for j in range(1, len(edits)) if j % world == rank]
+    local = evaluate_edits(model, [edits[j] for j in mine], instruments, **kwargs)
+    by_index: dict[int, dict] = {}
+    for part in distributed.gather_objects(list(zip(mine, local, strict=True))):
+        for j, m in part:
+            by_index.setdefault(j, m)
+    return [by_index[j] for j in range(len(edits))]
+
+
+def table_of(result: Any) -> pd.DataFrame:
+    """The tidy table of a ValidationResult, a CompareResult or the table itself, normalised: a CSV
+    round trip's NaN strings back to "", numbers as numbers, ``selector`` and ``size`` added if absent."""
+    table = getattr(result, "table", result)
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a ValidationResult, a CompareResult or their table, got {type(result).__name__}")
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns and c not in ("selector", "size")]
+    if missing:
+        raise ValueError(f"not an experiment table: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise ValueError("the experiment table is empty")
+    t = table.copy()
+    for c in ("selector", "steered", "direction", "source", "mode", "metric", "measured"):
+        t[c] = t[c].fillna("").astype(str) if c in t else ""
+    for c in ("size", "gamma", "seed", "value"):
+        t[c] = pd.to_numeric(t[c], errors="coerce") if c in t else math.nan
+    return t
+
+
+def per_condition(result: Any, metric: str = "orientation", cost: str = "kl") -> pd.DataFrame:
+    """One row per edited condition: its labels, the steered dimension's ``metric`` unedited
+    (``baseline``) and ``edited``, the ``shift`` signed toward the steering direction, ``leakage``
+    (mean absolute change of the other measured dimensions) and ``cost`` (the model-wide metric)."""
+    t = table_of(result)
+    t["condition"] = t.groupby(CONDITION_KEYS, dropna=False, sort=False).ngroup()
+    base = t[(t.source == "none") & (t.metric == metric)].groupby("measured")["value"].mean()
+    m = t[(t.source != "none") & (t.metric == metric)]
+    own = m.measured == m.steered
+    out = m[own].drop(columns=["metric", "measured"]).rename(columns={"value": "edited"}).set_index("condition")
+    out["baseline"] = out.steered.map(base).astype(float)
+    out["shift"] = np.where(out.direction == "-", -1.0, 1.0) * (out.edited - out.baseline)
+    out["leakage"] = (m.value - m.measured.map(base))[~own].abs().groupby(m.condition[~own]).mean()
+    out["cost"] = t[t.metric == cost].groupby("condition")["value"].first()
+    return out.reset_index(drop=True)
+
+
+def controls(randoms: pd.DataFrame, selector: str) -> pd.DataFrame:
+    """The random controls of ``selector``'s edits: those drawn for it, else all (a shared pool)."""
+    own = randoms[randoms.selector == selector]
+    return own if len(own) else randoms
+
+
+def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
+    """One row per value edit (:data:`SUMMARY_KEYS`), compared with its random controls.
+
+    ``shift`` is the change of the steered dimension's ``metric`` from the unedited model
+    (``baseline`` -> ``edited``), signed toward the steering direction. Paper-mode edits get
+    the random controls of the same steered dimension, direction, size and gamma:
+    ``random_mean`` / ``random_sd`` of their shifts, ``z`` and the empirical one-sided
+    ``p = (1 + #random >= shift) / (1 + n_random)``. ``kl`` is the capability cost beside the
+    controls' ``random_kl``; ``leakage`` the mean absolute shift of the other dimensions.
+    """
+    t = table_of(result)
+    c = per_condition(t, metric)
+    group = c[["steered", "direction", "size", "gamma"]].astype(str).agg("|".join, axis=1)
+    randoms = c[c.source == "random"].assign(group=group)
+    out = []
+    for i, v in c[c.source == "value"].iterrows():
+        rnd = controls(randoms[randoms.group == group[i]], v.selector) if v["mode"] == "paper" else randoms.iloc[:0]
+        mean, sd = rnd["shift"].mean(), rnd["shift"].std(ddof=1)
+        out.append({k: v[k] for k in SUMMARY_KEYS} | {
+            "metric": metric, "baseline": v.baseline, "edited": v.edited, "shift": v["shift"], "random_mean": mean,
+            "random_sd": sd, "z": (v["shift"] - mean) / sd if sd > 0 else math.nan,
+            "p": (1 + int((rnd["shift"] >= v["shift"]).sum())) / (1 + len(rnd)) if len(rnd) else math.nan,
+            "kl": v.cost, "random_kl": rnd.cost.mean(), "leakage": v.leakage, "n_random": len(rnd),
+        })  # fmt: skip
+    df = pd.DataFrame(out)
+    if len(df):
+        df["baseline_kl"] = t[(t.source == "none") & (t.metric == "kl")]["value"].mean()
+    return df
+
+
+__all__ = [
+    "CONDITION_KEYS",
+    "SUMMARY_KEYS",
+    "TABLE_COLUMNS",
+    "Condition",
+    "controls",
+    "matched_pair",
+    "per_condition",
+    "random_like",
+    "random_seeds",
+    "run",
+    "steering_conditions",
+    "summarise",
+    "table_of",
+]
