@@ -39,6 +39,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vlens import experiment
 from vlens.activations import activation_fn, check_layers, resolve_hook
 from vlens.data.prompts import Prompt
 from vlens.locate import LocateResult
@@ -60,7 +61,6 @@ _SCORE_LABELS = {
     "welch_t": "Welch t (+ vs -)",
     "entropy": "entropy of activation probability over the poles",
 }
-_TABLE_COLUMNS = ("steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured", "value")
 
 
 class _Figure(Figure):
@@ -518,23 +518,25 @@ def overlap_heatmap(result: LocateResult) -> Figure:
 # ============================================================================ figures of a validation
 
 
-def _table(validation: Any) -> pd.DataFrame:
-    """The tidy table of a ValidationResult (or the table itself), missing strings as ""."""
-    table = getattr(validation, "table", validation)
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"expected a ValidationResult or its table (a pandas DataFrame), got {type(validation).__name__}")
-    missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"not a validation table: missing column(s) {', '.join(missing)}")
-    if table.empty:
-        raise ValueError("the validation table is empty")
-    t = table.copy()
-    for c in ("steered", "direction", "source", "mode", "metric", "measured"):  # a CSV round trip makes "" NaN
-        t[c] = t[c].fillna("").astype(str)
-    t["gamma"] = pd.to_numeric(t["gamma"], errors="coerce")
-    t["seed"] = pd.to_numeric(t["seed"], errors="coerce")
-    t["value"] = pd.to_numeric(t["value"], errors="coerce")
-    return t
+def _table(result: Any, selector: str | None = None, size: int | None = None) -> pd.DataFrame:
+    """The tidy table of a ValidationResult, a CompareResult or the table itself, narrowed to one
+    selector and size: the unedited rows, its edits and their random controls."""
+    t = experiment.table_of(result)
+    edits = t[t.source == "value"]
+    selector, size = _pick(edits.selector, selector, "selector"), _pick(edits["size"].dropna(), size, "size")
+    sized = t["size"].isna() if size is None else t["size"] == size
+    controls = experiment.controls(t[(t.source == "random") & sized], selector)
+    keep = ~t.source.isin(["value", "random"]) | ((t.source == "value") & (t.selector == selector) & sized)
+    return t[keep | t.index.isin(controls.index)]
+
+
+def _pick(values: pd.Series, want: Any, name: str) -> Any:
+    have = list(dict.fromkeys(values))
+    if want is None and len(have) > 1:
+        raise ValueError(f"the table has several {name}s ({', '.join(map(str, have))}); pick one with {name}=")
+    if want is not None and want not in have:
+        raise ValueError(f"{name} {want!r} is not in the table (it has {', '.join(map(str, have))})")
+    return have[0] if want is None and have else want
 
 
 def _check_metric(t: pd.DataFrame, metric: str, *, per_dimension: bool | None = None) -> None:
@@ -578,7 +580,9 @@ def _direction_title(dim: str, direction: str) -> str:
     )
 
 
-def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orientation") -> Figure:
+def orientation_vs_gamma(
+    validation: Any, dimension: str, *, metric: str = "orientation", selector: str | None = None, size: int | None = None
+) -> Figure:
     """The steered dimension's ``metric`` against gamma, one panel per steering direction.
 
     Each panel: the value edit (paper mode), its boost-only half, the clamp-only half
@@ -586,7 +590,7 @@ def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orie
     seeds (grey band) and the unedited model (dashed). Model-wide metrics (``kl``,
     ``perplexity``, ``position_bias_A``) are drawn the same way.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric)
     dim = _resolve_dimension(dimension, _steered(t), "the validation table (steered)")
     model_wide = (t.loc[t.metric == metric, "measured"] == "").all()
@@ -627,11 +631,11 @@ def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orie
     return fig
 
 
-def cost_vs_gamma(validation: Any, *, metric: str = "kl") -> Figure:
+def cost_vs_gamma(validation: Any, *, metric: str = "kl", selector: str | None = None, size: int | None = None) -> Figure:
     """Capability cost (``kl``: mean KL divergence from the unedited model, nats; or ``perplexity``)
     against gamma: value edits (paper mode) and random edits' mean +/- sd, per direction, one panel
     per steered dimension."""
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=False)
     dims = _steered(t)
     fig = _figure(max(6.0, 1.0 + 4.2 * len(dims)), 4.6)
@@ -663,20 +667,10 @@ def cost_vs_gamma(validation: Any, *, metric: str = "kl") -> Figure:
     return fig
 
 
-def _paired(t: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
-    """Per edited condition: the steered dimension's ``metric`` shift (signed toward the direction) and its cost."""
-    keys = ["steered", "direction", "source", "mode", "gamma", "seed"]
-    edited = t[t.source != "none"].assign(seed=lambda d: d.seed.fillna(-1))
-    effect = edited[(edited.metric == metric) & (edited.measured == edited.steered)]
-    costs = edited[edited.metric == cost][keys + ["value"]].rename(columns={"value": "cost"})
-    out = effect.merge(costs, on=keys, how="left")
-    base = t[(t.source == "none") & (t.metric == metric)].groupby("measured")["value"].mean()
-    sign = np.where(out.direction == "-", -1.0, 1.0)
-    out["shift"] = sign * (out.value - out.steered.map(base).astype(float))
-    return out
-
-
-def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl", modes: Sequence[str] = ("paper",)) -> Figure:
+def shift_vs_kl(
+    validation: Any, *, metric: str = "orientation", cost: str = "kl", modes: Sequence[str] = ("paper",),
+    selector: str | None = None, size: int | None = None,
+) -> Figure:  # fmt: skip
     """Orientation shift against capability cost, so that steering can be told from breaking.
 
     Every edit is one point: y is the change of the steered dimension's ``metric`` from the
@@ -686,11 +680,11 @@ def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl
     further than the random edits *at the same cost* is steering; one that only matches
     them is breaking. One panel per steered dimension.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _check_metric(t, cost, per_dimension=False)
     dims = _steered(t)
-    data = _paired(t, metric, cost)
+    data = experiment.per_condition(t, metric, cost)
     fig = _figure(max(6.0, 1.0 + 4.4 * len(dims)), 4.8)
     axes = fig.subplots(1, len(dims), squeeze=False)[0]
     markers = {"paper": "o", "boost_only": "s", "clamp_only": "D"}
@@ -720,7 +714,10 @@ def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl
     return fig
 
 
-def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str = "orientation", mode: str = "paper") -> Figure:
+def leakage_heatmap(
+    validation: Any, *, gamma: float | None = None, metric: str = "orientation", mode: str = "paper",
+    selector: str | None = None, size: int | None = None,
+) -> Figure:  # fmt: skip
     """Change of ``metric`` from the unedited model in every measured dimension, for every steered
     dimension and direction, at one ``gamma`` (default: the largest), value edits of ``mode``.
 
@@ -728,7 +725,7 @@ def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str 
     toward the measured dimension's ``+`` pole. The steered dimension's own cell is outlined;
     every other cell is leakage.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _steered(t)
     edited = t[(t.source == "value") & (t["mode"] == mode) & (t.metric == metric)]
