@@ -17,8 +17,8 @@ from vlens import viz
 from vlens.activations import tokenize_prompts
 from vlens.data import build_prompts
 from vlens.evaluate import Instruments
-from vlens.locate import from_stats, locate
 from vlens.experiment import summarise
+from vlens.locate import from_stats, locate
 from vlens.validate import ValidationResult, validate
 
 REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?https?://|from\s*[\"']https?://", re.IGNORECASE)
