@@ -1,13 +1,11 @@
-"""The experiment core shared by :func:`vlens.validate.validate` and :func:`vlens.selectors.compare`.
+"""The experiment core of :func:`vlens.validate.validate` and :func:`vlens.selectors.compare`.
 
-An experiment is a list of :class:`Condition` objects (one edited model each, with its labels),
-evaluated in batched forward passes after the unedited reference (:func:`run`, data-parallel
-over the ranks of a torch.distributed group), giving one tidy table: one row per (condition,
-metric, measured dimension) with the columns :data:`TABLE_COLUMNS`, ``""`` or NaN where a
-label does not apply. :func:`summarise` compares every edit with its random controls.
-
-A condition kind is a ``source`` label and a function that builds its conditions, like
-:func:`steering_conditions` for value edits (``"value"``) and random controls (``"random"``).
+:func:`run` evaluates a list of :class:`Condition` (an edit and its labels) after the unedited
+reference, batched and data-parallel over torch.distributed ranks, into one tidy table (one row
+per condition, metric and measured dimension; :data:`TABLE_COLUMNS`, "" or NaN where a label
+does not apply); :func:`summarise` compares every value edit with its random controls. A new
+condition kind is a ``source`` label and a function that builds its conditions, like
+:func:`steering_conditions` (value edits and random controls).
 """
 
 from __future__ import annotations
@@ -129,20 +127,10 @@ def matched_pair(
 
 
 def steering_conditions(
-    shape: tuple[int, int],
-    target: NeuronSet,
-    opposing: NeuronSet,
-    gammas: Sequence[float],
-    *,
-    modes: Sequence[str] = ("paper",),
-    n_random: int = 0,
-    selector: str | None = None,
-    stats: NeuronStats | None = None,
-    match_frequency: bool = False,
-    draw: Draw | None = None,
-    keep_prob: float = 0.9,
-    seed: int = 0,
-) -> list[Condition]:
+    shape: tuple[int, int], target: NeuronSet, opposing: NeuronSet, gammas: Sequence[float], *,
+    modes: Sequence[str] = ("paper",), n_random: int = 0, selector: str | None = None, stats: NeuronStats | None = None,
+    match_frequency: bool = False, draw: Draw | None = None, keep_prob: float = 0.9, seed: int = 0,
+) -> list[Condition]:  # fmt: skip
     """Steering toward ``target``'s pole (its set boosted, ``opposing`` clamped): the value edits in
     ``modes`` (clamp_only, gamma-free, once at gamma 0), then per gamma those of the other modes and
     ``n_random`` paper-mode random controls, drawn by ``draw(*random_seeds(seed, r))`` (default:
@@ -270,18 +258,5 @@ def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
     return df
 
 
-__all__ = [
-    "CONDITION_KEYS",
-    "SUMMARY_KEYS",
-    "TABLE_COLUMNS",
-    "Condition",
-    "controls",
-    "matched_pair",
-    "per_condition",
-    "random_like",
-    "random_seeds",
-    "run",
-    "steering_conditions",
-    "summarise",
-    "table_of",
-]
+__all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "controls", "evaluate", "matched_pair",
+           "per_condition", "random_like", "random_seeds", "run", "steering_conditions", "summarise", "table_of"]  # fmt: skip
