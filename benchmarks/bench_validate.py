@@ -23,8 +23,7 @@ import torch
 import vlens
 from vlens.evaluate import Instruments, build_sequences, evaluate_edits
 from vlens.interventions import Edit, value_edit
-from vlens.neurons import NeuronSet
-from vlens.validate import random_like
+from vlens.neurons import NeuronSet, random_like
 
 
 def main() -> None:

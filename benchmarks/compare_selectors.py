@@ -27,7 +27,8 @@ import torch
 
 import vlens
 from vlens.evaluate import Instruments
-from vlens.selectors import SELECTORS, compare, compare_figures
+from vlens.selectors import SELECTORS, compare
+from vlens.viz import compare_figures
 
 
 def _floats(text: str) -> list[float]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vlens import distributed, experiment
-from vlens.experiment import TABLE_COLUMNS, random_like, random_seeds, steering_conditions, summarise
+from vlens.experiment import TABLE_COLUMNS, random_seeds, steering_conditions, summarise
 from vlens.interventions import Edit
-from vlens.neurons import NeuronSet
+from vlens.neurons import NeuronSet, random_like
 
 
 def rows(source, values, *, selector="", mode="", size=None, gamma=None, seed=None, kl=0.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -17,10 +18,12 @@ from vlens.neurons import provenance_of
 from vlens.selectors import (
     SELECTORS,
     TABLE_COLUMNS,
+    AttributionOptions,
+    LapeOptions,
+    ProbeOptions,
     SelectorContext,
     attribution_scores,
     compare,
-    compare_figures,
     lape_scores,
     pooled_features,
     probe_scores,
@@ -28,6 +31,7 @@ from vlens.selectors import (
     set_sizes,
 )
 from vlens.stats import NeuronStats
+from vlens.viz import compare_figures
 
 # Short forced-choice items: the tiny models' tokenizer has one token per byte.
 DILEMMAS = [
@@ -49,8 +53,8 @@ def located(tiny_llama, prompts):
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_llama, located, prompts):
-    return SelectorContext(located.stats, tiny_llama, prompts, DILEMMAS)
+def ctx(tiny_llama, located, prompts, small_data):
+    return SelectorContext(located.stats, tiny_llama, dataclasses.replace(small_data, dilemmas=DILEMMAS), prompts)
 
 
 def _pairs(ns) -> list[tuple[int, int]]:
@@ -110,16 +114,16 @@ def test_lape_by_hand():
         h(0.75, 0.25)
     )
     assert lape.entropy[0, 1].item() == pytest.approx(math.log(2))
-    ctx = SelectorContext(st, lape_filter_rate=0.5)
+    half = LapeOptions(filter_rate=0.5)
     # + pole: the eligible neurons more active in + are 0 (H 0.325) and 5 (H 0.562); 1 and 3 are ties (no pole).
-    ns = select_neurons("lape", st, "Conservation", "+", 2, context=ctx)
-    assert ns.neurons.tolist() == [0, 5] and ns.params["n_fallback"] == 0
+    ns = select_neurons("lape", st, "Conservation", "+", 2, options=half)
+    assert ns.neurons.tolist() == [0, 5] and ns.params["n_fallback"] == 0 and ns.params["filter_rate"] == 0.5
     assert ns.scores.tolist() == pytest.approx([-h(0.9, 0.1), -h(0.75, 0.25)])
-    assert select_neurons("lape", st, "Conservation", "-", 2, context=ctx).neurons.tolist() == [2, 6]
+    assert select_neurons("lape", st, "Conservation", "-", 2, options=half).neurons.tolist() == [2, 6]
     # A third neuron comes from the fallback: nothing else is more active in +, so the largest directed
     # delta among the rest (0 for neurons 1, 3, 4, 7; the first by position wins the tie).
     with pytest.warns(UserWarning, match="fallback"):
-        three = select_neurons("lape", st, "Conservation", "+", 3, context=ctx)
+        three = select_neurons("lape", st, "Conservation", "+", 3, options=half)
     assert three.neurons.tolist() == [0, 5, 1] and three.params["n_fallback"] == 1 and len(three) == 3
 
 
@@ -182,7 +186,7 @@ def test_probe_finds_planted_neurons_and_orients_them():
 
 def test_probe_selector_end_to_end(ctx, located):
     ns = _quiet_select("probe", located.stats, "Conservation", "+", 10, context=ctx)
-    coef = ctx.cache[("probe", "Conservation")][0].coef
+    coef = ctx.cache[("probe", "Conservation", ProbeOptions())][0].coef
     n_pos = int((coef > 0).sum())
     primary = ns.params["n_primary"]
     assert primary == n_pos and ns.params["n_fallback"] == max(0, 10 - n_pos)
@@ -313,8 +317,7 @@ def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompt
                          prompts=prompts, dilemmas=DILEMMAS[1:], progress=False)  # fmt: skip
     t = result.table
     assert list(t.columns) == TABLE_COLUMNS
-    assert {"selector", "dimension", "direction", "size", "gamma", "metric", "measured", "value"} <= set(t.columns)
-    assert set(t[t.source == "selector"].selector) == set(SELECTORS) and set(t["size"]) == {0, 6}
+    assert set(t[t.source == "value"].selector) == set(SELECTORS) and set(t.loc[t.source != "none", "size"]) == {6}
     assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2  # 2 directions x 2 seeds
     s = result.summary()
     assert len(s) == len(SELECTORS) * 2 and s.z.notna().all() and (s.kl >= 0).all()
@@ -327,8 +330,59 @@ def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompt
     assert set(figs) == {"shift_by_size", "shift_vs_kl", "overlap"}
     for name, fig in figs.items():
         assert isinstance(fig, Figure) and fig.axes
+        assert fig._repr_png_().startswith(b"\x89PNG")  # shown as the value of a Jupyter cell
         fig.savefig(tmp_path / f"{name}.png")
     result.save(tmp_path / "out")
     assert (tmp_path / "out" / "compare_summary.csv").exists() and (tmp_path / "out" / "costs.csv").exists()
     with pytest.raises(ValueError, match="unknown selector"):
         compare(tiny_llama, located, selectors=["nope"], instruments=inst, progress=False)
+
+
+def _tiny_instruments():
+    data = vlens.load_value_data()
+    return Instruments(dilemmas=DILEMMAS[:1], portrait_items=data.portrait_items[:2],
+                       neutral_text=[{"id": "n", "text": "The sun rose over the quiet town."}])  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:lape ranks only")
+def test_compare_builds_the_reference_sets_of_a_selector_it_does_not_compare(tiny_llama, located):
+    # Regression: compare(selectors=["lape"]) raised KeyError: the random controls match the delta sets,
+    # which were never built.
+    result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["lape"],
+                     instruments=_tiny_instruments(), n_random=2, progress=False)  # fmt: skip
+    t = result.table
+    assert set(t[t.source == "value"].selector) == {"lape"} and set(t[t.source == "random"].selector) == {"delta"}
+    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2
+    assert list(result.costs.selector) == ["lape"] and {key[0] for key in result.neuron_sets} == {"lape"}
+    assert result.summary().z.notna().all()
+
+
+def test_probe_and_attribution_use_the_runs_data(tiny_llama, small_data):
+    # Regression: both read the shipped data even when the run had its own.
+    data = dataclasses.replace(small_data, dilemmas=DILEMMAS)
+    st = locate(tiny_llama, data, dimensions=["Conservation"], pairs_per_question=2, selection="top_k:4", progress=False).stats
+    ctx = SelectorContext(st, tiny_llama, data)
+    probe = _quiet_select("probe", st, "Conservation", "+", 5, context=ctx)
+    assert probe.params["n_prompts"] == len([p for p in build_prompts(data, tiny_llama, pairs_per_question=2)
+                                             if p.dimension == "Conservation"])  # fmt: skip
+    att = select_neurons("attribution", st, "Conservation", "+", 5, context=ctx)
+    assert att.params["dilemmas"] == ["t.fc.1", "t.fc.2"]
+    with pytest.raises(ValueError, match="not collected on this value data"):
+        select_neurons("probe", st, "Conservation", "+", 5, model=tiny_llama)  # the shipped data is not the run's
+
+
+def test_attribution_warns_when_its_items_are_evaluation_items(tiny_llama, located, small_data):
+    ctx = SelectorContext(located.stats, tiny_llama, dataclasses.replace(small_data, dilemmas=DILEMMAS))
+    # By default the held-out (evaluation) items are left out of the run's dilemmas ...
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ns = select_neurons("attribution", located.stats, "Conservation", "+", 3, context=ctx,
+                            options=AttributionOptions(held_out=DILEMMAS[:1]))  # fmt: skip
+    assert ns.params["dilemmas"] == ["t.fc.2"]
+    # ... and items given explicitly that are also evaluation items raise a warning, here and in compare.
+    with pytest.warns(UserWarning, match="also evaluation items"):
+        select_neurons("attribution", located.stats, "Conservation", "+", 3, context=ctx,
+                       options=AttributionOptions(DILEMMAS, held_out=DILEMMAS[:1]))  # fmt: skip
+    with pytest.warns(UserWarning, match="also evaluation items"):
+        compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["attribution"],
+                instruments=_tiny_instruments(), n_random=2, dilemmas=DILEMMAS, progress=False)  # fmt: skip

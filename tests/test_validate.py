@@ -14,7 +14,8 @@ from vlens.evaluate import Instruments, evaluate_edits, portrait_scores
 from vlens.experiment import TABLE_COLUMNS
 from vlens.interventions import Edit, value_edit
 from vlens.locate import locate
-from vlens.validate import ValidationResult, random_like, validate
+from vlens.neurons import random_like
+from vlens.validate import ValidationResult, validate
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,10 @@ from torch import Tensor
 
 from vlens._io import read_json, write_json
 from vlens.data.prompts import Prompt
-from vlens.models import model_info, pad, pad_id, position_ids, tokenize
+from vlens.models import model_info, tokenize
+from vlens.runner import Batch, activation_fn, check_layers, forward, generate, hook_name, resolve_hook, run_prefixes
 from vlens.stats import NeuronStats, class_label
 
-# Hook families. "gate" is the authors' choice: act(x W_gate), TransformerLens' act(hook_pre);
-# for a plain (non-gated) MLP that is the same as hook_post.
-HOOKS: dict[str, str] = {"post": "blocks.{layer}.mlp.hook_post", "gate": "blocks.{layer}.mlp.hook_pre"}
 SCOPES = ("question", "all", "last", "generated")
 
 
@@ -39,38 +37,6 @@ class TokenizedPrompt:
     prompt: Prompt
     ids: list[int]
     select: list[bool]  # which tokens count for the statistics (empty until generation for "generated")
-
-
-def hook_name(hook: str, layer: int) -> str:
-    if hook not in HOOKS:
-        raise ValueError(f"unknown hook {hook!r}; expected one of {', '.join(HOOKS)} ('post' = blocks.L.mlp.hook_post)")
-    return HOOKS[hook].format(layer=layer)
-
-
-def activation_fn(model: Any, hook: str) -> Callable[[Tensor], Tensor]:
-    """What to apply to the hooked tensor to get the neuron activation of ``hook``."""
-    if hook == "gate" and model_info(model).gated_mlp:
-        from transformers.activations import ACT2FN
-
-        return ACT2FN[model.original_model.config.hidden_act]
-    return lambda t: t  # hook_post is the activation itself (and act(hook_pre) for a plain MLP)
-
-
-def resolve_hook(model: Any, hook: str, layer: int) -> str:
-    """The hook point actually read: for "gate" on a plain MLP that is hook_post."""
-    hook_name(hook, layer)
-    return hook_name("post" if hook == "gate" and not model_info(model).gated_mlp else hook, layer)
-
-
-def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    n = model_info(model).n_layers
-    if layers is None:
-        return list(range(n))
-    layers = sorted({int(layer) for layer in layers})
-    bad = [layer for layer in layers if not 0 <= layer < n]
-    if bad or not layers:
-        raise ValueError(f"layer(s) {bad or 'none'} out of range: this model has layers 0..{n - 1}")
-    return layers
 
 
 def check_pairs(prompts: Sequence[Prompt]) -> None:
@@ -152,39 +118,6 @@ def plan_prefix_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> lis
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _forward_with_prefix(
-    model: Any, rows: list[TokenizedPrompt], weights_box: dict, classes: list[str], padding_side: str
-) -> tuple[Tensor, Tensor]:
-    """Run each distinct prefix once (nothing recorded: it lies before the question scope), then
-    every row's question part against the cached keys and values, recording statistics.
-    Returns the selection weights of the recorded tokens."""
-    from transformers import DynamicCache
-
-    device = torch.device(model.cfg.device)
-    base = model.original_model.base_model
-    starts = [_question_start(r) for r in rows]
-    prefixes = list(dict.fromkeys(tuple(r.ids[:k]) for r, k in zip(rows, starts, strict=True)))
-    pick = torch.tensor([prefixes.index(tuple(r.ids[:k])) for r, k in zip(rows, starts, strict=True)])
-    ptoks, pmask = pad([list(p) for p in prefixes], padding_side="left", value=pad_id(model))
-    weights_box["w"] = None
-    cache = DynamicCache()
-    base(input_ids=ptoks.to(device), attention_mask=pmask.to(device), position_ids=position_ids(pmask).to(device),
-         past_key_values=cache, use_cache=True)  # fmt: skip
-    rows_cache = DynamicCache()
-    for li, layer in enumerate(cache.layers):
-        rows_cache.update(layer.keys[pick.to(layer.keys.device)], layer.values[pick.to(layer.values.device)], li)
-    suffix_rows = [TokenizedPrompt(r.prompt, r.ids[k:], r.select[k:]) for r, k in zip(rows, starts, strict=True)]
-    # The question parts may be padded on either side: the mask hides the padding and the
-    # positions continue each row's prefix, counting only real tokens.
-    stoks, smask = pad([r.ids for r in suffix_rows], padding_side=padding_side, value=pad_id(model))
-    weights, row_cls = _selection_weights(suffix_rows, classes, stoks.shape[1], padding_side)
-    weights_box["w"] = weights.to(device)
-    positions = pmask.sum(1)[pick, None] + position_ids(smask)
-    base(input_ids=stoks.to(device), attention_mask=torch.cat([pmask[pick], smask], 1).to(device),
-         position_ids=positions.to(device), past_key_values=rows_cache, use_cache=True)  # fmt: skip
-    return weights, row_cls
-
-
 def _selection_weights(
     rows: list[TokenizedPrompt], classes: list[str], width: int, padding_side: str
 ) -> tuple[Float[Tensor, "batch pos cls"], Int[Tensor, " batch"]]:
@@ -198,23 +131,6 @@ def _selection_weights(
     cls = torch.tensor([classes.index(class_label(r.prompt.dimension, r.prompt.pole)) for r in rows])
     onehot = torch.nn.functional.one_hot(cls, len(classes)).to(sel)
     return einops.einsum(sel, onehot, "b p, b c -> b p c"), cls
-
-
-def _generate(model: Any, rows: list[TokenizedPrompt], *, max_new_tokens: int, repetition_penalty: float) -> None:
-    """Greedy generation (KV cache, left padding); extend each row with its generated tokens up to EOS."""
-    hf = model.original_model
-    tokens, mask = pad([r.ids for r in rows], padding_side="left", value=pad_id(model))
-    tokens, mask = tokens.to(model.cfg.device), mask.to(model.cfg.device)
-    eos = model.tokenizer.eos_token_id
-    out = hf.generate(
-        tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-        repetition_penalty=repetition_penalty, pad_token_id=pad_id(model), eos_token_id=eos,
-    )  # fmt: skip
-    for r, new in zip(rows, out[:, tokens.shape[1] :].tolist(), strict=True):
-        if eos in new:
-            new = new[: new.index(eos)]
-        r.ids = r.ids + new
-        r.select = [False] * (len(r.ids) - len(new)) + [True] * len(new)
 
 
 def _plan_hash(rows: list[TokenizedPrompt], batches: list[list[int]], settings: dict[str, Any]) -> str:
@@ -293,30 +209,38 @@ def collect_stats(
 
     def make_hook(layer_pos: int) -> Callable:
         def reduce_hook(tensor: Tensor, hook: Any) -> None:
-            if weights_box["w"] is not None:  # None while a prefix outside the scope runs
-                stats.add(layer_pos, act(tensor), weights_box["w"])
+            stats.add(layer_pos, act(tensor), weights_box["w"])
 
         return reduce_hook
 
     fwd_hooks = [(resolve_hook(model, hook, layer), make_hook(i)) for i, layer in enumerate(layers)]
+    stop_at = fwd_hooks[-1][0]  # nothing after the last layer read is computed
     bar = _progress(len(batches), initial=done, enabled=progress, desc=f"locate ({scope})")
     try:
         for b, batch in enumerate(batches):
             if b < done:
                 continue
             batch_rows = [rows[i] for i in batch]
-            weights_box["w"] = None  # nothing is recorded until this batch's weights are set
-            with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+            with torch.inference_mode():
+                prefixes, pick = None, None
                 if reuse:
-                    weights, row_cls = _forward_with_prefix(model, batch_rows, weights_box, classes, padding_side)
-                else:
-                    if scope == "generated":
-                        _generate(model, batch_rows, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
-                    tokens, mask = pad([r.ids for r in batch_rows], padding_side=padding_side, value=pad_id(model))
-                    weights, row_cls = _selection_weights(batch_rows, classes, tokens.shape[1], padding_side)
-                    weights_box["w"] = weights.to(device)
-                    model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
-                          stop_at_layer=layers[-1] + 1)  # fmt: skip
+                    # Each distinct prefix (instruction + description: never recorded) runs once,
+                    # then every row's question part continues from its keys and values.
+                    starts = [_question_start(r) for r in batch_rows]
+                    keys = [tuple(r.ids[:k]) for r, k in zip(batch_rows, starts, strict=True)]
+                    distinct = list(dict.fromkeys(keys))
+                    prefixes = run_prefixes(model, distinct, stop_at=stop_at)
+                    pick = torch.tensor([distinct.index(k) for k in keys])
+                    batch_rows = [TokenizedPrompt(r.prompt, r.ids[k:], r.select[k:]) for r, k in zip(batch_rows, starts, strict=True)]
+                elif scope == "generated":
+                    ids = [r.ids for r in batch_rows]
+                    new = generate(model, ids, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+                    for r, extra in zip(batch_rows, new, strict=True):
+                        r.ids, r.select = r.ids + extra, [False] * len(r.ids) + [True] * len(extra)
+                tokens = Batch.of(model, [r.ids for r in batch_rows], padding_side=padding_side)
+                weights, row_cls = _selection_weights(batch_rows, classes, tokens.tokens.shape[1], padding_side)
+                weights_box["w"] = weights.to(device)
+                forward(model, tokens, hooks=fwd_hooks, stop_at=stop_at, prefixes=prefixes, pick=pick)
                 stats.add_token_counts(weights, row_cls)
             bar.update(1)
             if ckpt and ((b + 1) % checkpoint_every == 0 or b + 1 == len(batches)):

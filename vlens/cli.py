@@ -105,8 +105,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from vlens.evaluate import Instruments
     from vlens.locate import LocateResult
     from vlens.pipeline import check_run_dir
-    from vlens.selectors import compare, compare_figures
-    from vlens.viz import figure_to_data_uri
+    from vlens.selectors import compare
+    from vlens.viz import compare_figures, figure_to_data_uri
 
     meta = check_run_dir(args.run_dir)
     folder = Path(args.run_dir)
@@ -120,7 +120,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   pairs_per_question=cfg["pairs_per_question"], seed=cfg["seed"])  # fmt: skip
     result = compare(model, LocateResult.load(folder / "locate"), dimensions=args.dimensions, sizes=args.sizes,
                      selectors=args.selectors, instruments=inst, gammas=args.gammas, n_random=args.n_random,
-                     prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
+                     data=data, prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
     out = result.save(folder / "compare")
     for name, fig in compare_figures(result).items():
         (out / f"{name}.html").write_text(f'<img src="{figure_to_data_uri(fig)}">')
@@ -174,7 +174,8 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from vlens.activations import HOOKS, SCOPES
+    from vlens.activations import SCOPES
+    from vlens.runner import HOOK_POINTS as HOOKS
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
     p.add_argument("--out", help="run directory (default runs/run-DATE-TIME)")

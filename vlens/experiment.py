@@ -15,17 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import einops
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Bool
 
 from vlens.evaluate import Instruments, evaluate_edits, metric_rows
 from vlens.interventions import Edit, value_edit
 from vlens.models import model_info
-from vlens.neurons import NeuronSet, directed_score
-from vlens.stats import NeuronStats, class_label
+from vlens.neurons import NeuronSet, random_like
+from vlens.stats import NeuronStats
 
 CONDITION_KEYS = ["selector", "steered", "direction", "source", "mode", "size", "gamma", "seed"]
 TABLE_COLUMNS = [*CONDITION_KEYS, "metric", "measured", "value"]
@@ -51,68 +48,19 @@ class Condition:
         return {k: getattr(self, k) for k in CONDITION_KEYS}
 
 
+def check_design(gammas: Sequence[float], n_random: int) -> list[float]:
+    """The gammas as floats, or one clear error for a design that cannot be summarised."""
+    if not gammas or not all(math.isfinite(g) for g in map(float, gammas)):
+        raise ValueError(f"gamma values must be finite numbers, got {list(gammas)}")
+    if n_random < 2:
+        raise ValueError(f"n_random must be at least 2 (a z-score needs a spread), got {n_random}")
+    return [float(g) for g in gammas]
+
+
 def random_seeds(seed: int, r: int) -> tuple[int, int]:
     """Seeds of random control ``r``: its target-pole set (and Bernoulli mask), its opposing set."""
     rs = seed * 100_003 + r
     return rs, rs + 50_000
-
-
-def random_like(
-    ns: NeuronSet,
-    seed: int,
-    *,
-    stats: NeuronStats | None = None,
-    exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
-    match_frequency: bool = False,
-    n_bins: int = 10,
-) -> NeuronSet:
-    """A random set with the same number of neurons in every layer as ``ns`` (seeded).
-
-    ``exclude`` neurons are never drawn. With ``match_frequency`` the draw is also matched
-    on activation-probability decile (in ``ns``'s pole). With ``stats`` the random neurons
-    carry their own activation probability and delta, so the same edit formula applies.
-    """
-    n_layers, d_mlp = ns.n_layers, ns.d_mlp
-    g = torch.Generator().manual_seed(int(seed))
-    key = torch.rand(n_layers, d_mlp, generator=g, dtype=torch.float64)
-    if exclude is not None:
-        key = torch.where(exclude, torch.full_like(key, 2.0), key)  # excluded neurons rank last
-    group = einops.repeat(torch.arange(n_layers), "l -> l n", n=d_mlp)
-    n_groups = n_layers
-    prob = _dense_pole(stats, ns, "prob") if stats is not None else None
-    if match_frequency:
-        if prob is None:
-            raise ValueError("match_frequency needs the NeuronStats (stats=...)")
-        decile = (prob * n_bins).long().clamp(max=n_bins - 1)
-        group, n_groups = group * n_bins + decile, n_layers * n_bins
-    need = torch.bincount(group[ns.layers, ns.neurons], minlength=n_groups)
-    flat_group, flat_key = group.flatten(), key.flatten()
-    order = torch.argsort(flat_group.double() * 4 + flat_key)  # by group, then random key
-    sorted_group = flat_group[order]
-    first = torch.searchsorted(sorted_group, torch.arange(n_groups))
-    rank = torch.arange(len(order)) - first[sorted_group]
-    chosen = order[rank < need[sorted_group]]
-    available = torch.bincount(flat_group[flat_key < 2.0], minlength=n_groups)
-    if (available < need).any():
-        raise ValueError(f"not enough neurons outside the excluded ones to match {ns.name} per layer")
-    layers, neurons = chosen // d_mlp, chosen % d_mlp
-    delta = _dense_pole(stats, ns, "delta") if stats is not None else None
-    return NeuronSet(
-        ns.dimension, ns.pole, layers, neurons, torch.zeros(len(layers)), n_layers, d_mlp,
-        act_prob=None if prob is None else prob[layers, neurons], delta=None if delta is None else delta[layers, neurons],
-        method="random", params={"seed": int(seed), "match_frequency": match_frequency, "like": ns.name},
-        provenance=dict(ns.provenance),
-    )  # fmt: skip
-
-
-def _dense_pole(stats: NeuronStats, ns: NeuronSet, what: str) -> torch.Tensor:
-    out = torch.zeros(ns.n_layers, ns.d_mlp, dtype=torch.float64)
-    if what == "prob":
-        values = stats.activation_probability()[stats.class_index(class_label(ns.dimension, ns.pole))]
-    else:
-        values = directed_score(stats, ns.dimension, ns.pole, "delta")
-    out[torch.tensor(stats.layers)] = values.cpu()
-    return out
 
 
 def matched_pair(
@@ -258,5 +206,5 @@ def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
     return df
 
 
-__all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "controls", "evaluate", "matched_pair",
-           "per_condition", "random_like", "random_seeds", "run", "steering_conditions", "summarise", "table_of"]  # fmt: skip
+__all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "check_design", "controls", "evaluate", "matched_pair",
+           "per_condition", "random_seeds", "run", "steering_conditions", "summarise", "table_of"]  # fmt: skip

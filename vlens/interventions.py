@@ -1,4 +1,8 @@
-"""Edits of MLP neurons at ``blocks.{l}.mlp.hook_post``, as context managers that always remove their hooks.
+"""Edits of MLP neurons where they were located, as context managers that always remove their hooks.
+
+A set located at ``blocks.{l}.mlp.hook_post`` (``hook="post"``) is edited there; a set located
+at the gate activation (``hook="gate"``: ``act(hook_pre)`` of a gated MLP) is edited as the
+gate activation, before it multiplies the up-projection: ``hook_post <- edit(act(pre)) * up``.
 
 Every edit is an :class:`Edit`: dense ``[n_layers, d_mlp]`` tensors saying, per neuron,
 what happens to its activation ``a`` at each forward step::
@@ -23,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import einops
@@ -33,11 +37,11 @@ from torch import Tensor
 
 from vlens.models import model_info
 from vlens.neurons import NeuronSet
+from vlens.runner import UP_POINT, activation_fn, hook_name
 from vlens.stats import NeuronStats, class_label
 
 SCOPES = ("all", "prompt", "generated")
 MODES = ("paper", "boost_only", "clamp_only")
-HOOK = "blocks.{layer}.mlp.hook_post"
 
 
 @dataclass
@@ -52,13 +56,13 @@ class Edit:
     keep_prob: float = 1.0
     seed: int = 0
     label: str = "none"
-    info: dict[str, Any] = field(default_factory=dict)
+    hook: str = "post"  # the hook family the neurons were located at (vlens.runner.HOOK_POINTS)
 
     @classmethod
-    def identity(cls, n_layers: int, d_mlp: int, *, label: str = "none") -> Edit:
+    def identity(cls, n_layers: int, d_mlp: int, *, label: str = "none", hook: str = "post") -> Edit:
         z = torch.zeros(n_layers, d_mlp)
         f = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
-        return cls(torch.ones(n_layers, d_mlp), f, z, f.clone(), z.clone(), label=label)
+        return cls(torch.ones(n_layers, d_mlp), f, z, f.clone(), z.clone(), label=label, hook=hook)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -90,6 +94,14 @@ def _check_set(model_shape: tuple[int, int], ns: NeuronSet, model: Any | None = 
             )
 
 
+def _located_at(*sets: NeuronSet | None) -> str:
+    """The hook family the sets were located at; an edit acts there."""
+    hooks = {ns.provenance.get("hook", "post") for ns in sets if ns is not None}
+    if len(hooks) > 1:
+        raise ValueError(f"these neuron sets were located at different hook points ({sorted(hooks)}); edit them separately")
+    return hooks.pop() if hooks else "post"
+
+
 def _finite(name: str, value: float) -> float:
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -98,14 +110,14 @@ def _finite(name: str, value: float) -> float:
 
 def scale_edit(shape: tuple[int, int], ns: NeuronSet, gamma: float) -> Edit:
     """``a <- gamma * a`` on the neurons of ``ns``."""
-    e = Edit.identity(*shape, label=f"scale({ns.name}, {gamma})")
+    e = Edit.identity(*shape, label=f"scale({ns.name}, {gamma})", hook=_located_at(ns))
     e.scale[ns.layers, ns.neurons] = _finite("gamma", gamma)
     return e
 
 
 def ablate_edit(shape: tuple[int, int], ns: NeuronSet, *, value: str = "zero", stats: NeuronStats | None = None) -> Edit:
     """``a <- 0`` (``value="zero"``) or ``a <- mean activation`` (``value="mean"``, over all classes of ``stats``)."""
-    e = Edit.identity(*shape, label=f"ablate({ns.name}, {value})")
+    e = Edit.identity(*shape, label=f"ablate({ns.name}, {value})", hook=_located_at(ns))
     e.set_mask[ns.layers, ns.neurons] = True
     if value == "mean":
         if stats is None:
@@ -119,7 +131,7 @@ def ablate_edit(shape: tuple[int, int], ns: NeuronSet, *, value: str = "zero", s
 
 def clamp_edit(shape: tuple[int, int], ns: NeuronSet) -> Edit:
     """``a <- min(a, 0)`` on the neurons of ``ns``."""
-    e = Edit.identity(*shape, label=f"clamp({ns.name})")
+    e = Edit.identity(*shape, label=f"clamp({ns.name})", hook=_located_at(ns))
     e.clamp_mask[ns.layers, ns.neurons] = True
     return e
 
@@ -128,7 +140,7 @@ def patch_edit(shape: tuple[int, int], ns: NeuronSet, stats: NeuronStats, *, to_
     """Set the neurons of ``ns`` to their mean activation in another pole (default: the opposite one)."""
     pole = to_pole or ("-" if ns.pole == "+" else "+")
     mean = _dense(stats, stats.mean()[stats.class_index(class_label(ns.dimension, pole))], shape)
-    e = Edit.identity(*shape, label=f"patch({ns.name} -> {pole})")
+    e = Edit.identity(*shape, label=f"patch({ns.name} -> {pole})", hook=_located_at(ns))
     e.set_mask[ns.layers, ns.neurons] = True
     e.set_value[ns.layers, ns.neurons] = mean[ns.layers, ns.neurons]
     return e
@@ -158,7 +170,7 @@ def value_edit(
     gamma = _finite("gamma", gamma)
     if not 0 <= keep_prob <= 1:
         raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
-    e = Edit.identity(*shape, label=f"{mode}({target.name}, gamma={gamma:g}, seed={seed})")
+    e = Edit.identity(*shape, label=f"{mode}({target.name}, gamma={gamma:g}, seed={seed})", hook=_located_at(target, opposing))
     e.keep_prob, e.seed = keep_prob, seed
     if mode in {"paper", "clamp_only"} and opposing is not None and len(opposing):
         e.clamp_mask[opposing.layers, opposing.neurons] = True
@@ -203,6 +215,10 @@ class _EditHooks:
         self.rows = rows
         self.step = -1  # forward steps seen (0 = prompt, 1.. = KV-cached decoding steps)
         self.layers = [int(layer) for layer in torch.stack([e.touched_layers() for e in edits]).any(0).nonzero()]
+        hooks = {e.hook for e in edits if e.touched_layers().any()}
+        if len(hooks) > 1:
+            raise ValueError(f"edits of sets located at different hook points ({sorted(hooks)}) cannot run in one pass")
+        self.hook_family = hooks.pop() if hooks else "post"
         self.first_layer = self.layers[0] if self.layers else None
 
     def set_rows(self, rows: Int[Tensor, " batch"] | None) -> None:
@@ -246,6 +262,24 @@ class _EditHooks:
 
         return edit_hook
 
+    def hooks(self, model: Any) -> list[tuple[str, Any]]:
+        """(hook point, function) pairs that apply the edits where their sets were located."""
+        if self.hook_family == "post" or not model_info(model).gated_mlp:  # a plain MLP's gate is hook_post
+            return [(hook_name("post", layer), self.hook(layer)) for layer in self.layers]
+        act, out = activation_fn(model, "gate"), []
+        for layer in self.layers:
+            stash: dict[str, Tensor] = {}
+            edit = self.hook(layer)
+
+            def keep(tensor: Tensor, hook: Any, stash: dict = stash) -> None:
+                stash[hook.name.rsplit(".", 1)[-1]] = tensor
+
+            def gated(post: Tensor, hook: Any, stash: dict = stash, edit: Any = edit) -> Tensor:
+                return edit(act(stash["hook_pre"]), hook) * stash["hook_pre_linear"]
+
+            out += [(hook_name("gate", layer), keep), (UP_POINT.format(layer=layer), keep), (hook_name("post", layer), gated)]
+        return out
+
 
 @contextlib.contextmanager
 def apply(
@@ -260,8 +294,7 @@ def apply(
     if not edits:
         raise ValueError("no edits given")
     handle = _EditHooks(model, edits, rows, scope)
-    fwd_hooks = [(HOOK.format(layer=layer), handle.hook(layer)) for layer in handle.layers]
-    with model.hooks(fwd_hooks=fwd_hooks):
+    with model.hooks(fwd_hooks=handle.hooks(model)):
         yield handle
 
 

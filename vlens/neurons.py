@@ -228,3 +228,61 @@ def provenance_of(stats: NeuronStats) -> dict[str, Any]:
 
     keys = ("model", "model_fingerprint", "hook", "hook_points", "scope", "dataset_sha256", "template", "split", "max_pairs")
     return {k: stats.meta[k] for k in keys if k in stats.meta} | {"vlens_version": vlens_version()}
+
+
+def random_like(
+    ns: NeuronSet,
+    seed: int,
+    *,
+    stats: NeuronStats | None = None,
+    exclude: Bool[torch.Tensor, "layer neuron"] | None = None,
+    match_frequency: bool = False,
+    n_bins: int = 10,
+) -> NeuronSet:
+    """A random set with the same number of neurons in every layer as ``ns`` (seeded).
+
+    ``exclude`` neurons are never drawn. With ``match_frequency`` the draw is also matched
+    on activation-probability decile (in ``ns``'s pole). With ``stats`` the random neurons
+    carry their own activation probability and delta, so the same edit formula applies.
+    """
+    n_layers, d_mlp = ns.n_layers, ns.d_mlp
+    g = torch.Generator().manual_seed(int(seed))
+    key = torch.rand(n_layers, d_mlp, generator=g, dtype=torch.float64)
+    if exclude is not None:
+        key = torch.where(exclude, torch.full_like(key, 2.0), key)  # excluded neurons rank last
+    group = einops.repeat(torch.arange(n_layers), "l -> l n", n=d_mlp)
+    n_groups = n_layers
+    prob = _dense_pole(stats, ns, "prob") if stats is not None else None
+    if match_frequency:
+        if prob is None:
+            raise ValueError("match_frequency needs the NeuronStats (stats=...)")
+        decile = (prob * n_bins).long().clamp(max=n_bins - 1)
+        group, n_groups = group * n_bins + decile, n_layers * n_bins
+    need = torch.bincount(group[ns.layers, ns.neurons], minlength=n_groups)
+    flat_group, flat_key = group.flatten(), key.flatten()
+    order = torch.argsort(flat_group.double() * 4 + flat_key)  # by group, then random key
+    sorted_group = flat_group[order]
+    first = torch.searchsorted(sorted_group, torch.arange(n_groups))
+    rank = torch.arange(len(order)) - first[sorted_group]
+    chosen = order[rank < need[sorted_group]]
+    available = torch.bincount(flat_group[flat_key < 2.0], minlength=n_groups)
+    if (available < need).any():
+        raise ValueError(f"not enough neurons outside the excluded ones to match {ns.name} per layer")
+    layers, neurons = chosen // d_mlp, chosen % d_mlp
+    delta = _dense_pole(stats, ns, "delta") if stats is not None else None
+    return NeuronSet(
+        ns.dimension, ns.pole, layers, neurons, torch.zeros(len(layers)), n_layers, d_mlp,
+        act_prob=None if prob is None else prob[layers, neurons], delta=None if delta is None else delta[layers, neurons],
+        method="random", params={"seed": int(seed), "match_frequency": match_frequency, "like": ns.name},
+        provenance=dict(ns.provenance),
+    )  # fmt: skip
+
+
+def _dense_pole(stats: NeuronStats, ns: NeuronSet, what: str) -> torch.Tensor:
+    out = torch.zeros(ns.n_layers, ns.d_mlp, dtype=torch.float64)
+    if what == "prob":
+        values = stats.activation_probability()[stats.class_index(class_label(ns.dimension, ns.pole))]
+    else:
+        values = directed_score(stats, ns.dimension, ns.pole, "delta")
+    out[torch.tensor(stats.layers)] = values.cpu()
+    return out

@@ -152,7 +152,8 @@ def run_pipeline(
     """
     import vlens
     from vlens import distributed
-    from vlens.evaluate import Instruments, generate_answers
+    from vlens.evaluate import Instruments
+    from vlens.generation import generate_answers
     from vlens.interventions import value_edit
     from vlens.locate import LocateResult, locate
     from vlens.validate import ValidationResult, validate

@@ -14,7 +14,6 @@ leakage into the other dimensions.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import pandas as pd
 
 from vlens._io import sha256_json, vlens_version, write_json
 from vlens.evaluate import Instruments
-from vlens.experiment import TABLE_COLUMNS, random_like, run, steering_conditions, summarise
+from vlens.experiment import check_design, run, steering_conditions, summarise
 from vlens.interventions import _check_set
 from vlens.locate import LocateResult
 from vlens.models import model_info
@@ -39,8 +38,8 @@ class ValidationResult:
     table: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> pd.DataFrame:
-        return summarise(self.table)
+    def summary(self, metric: str = "orientation") -> pd.DataFrame:
+        return summarise(self.table, metric)
 
     def save(self, folder: str | os.PathLike) -> Path:
         from vlens._io import atomic_write
@@ -89,12 +88,7 @@ def validate(
     shape = (info.n_layers, info.d_mlp)
     for ns in neuron_sets.values():
         _check_set(shape, ns, model)
-    gammas = [float(g) for g in gammas]
-    bad = [g for g in gammas if not math.isfinite(g)]
-    if bad:
-        raise ValueError(f"gamma values must be finite numbers, got {bad}")
-    if n_random < 2:
-        raise ValueError(f"n_random must be at least 2 (a z-score needs a spread), got {n_random}")
+    gammas = check_design(gammas, n_random)
     if stats is None:
         raise ValueError("validate needs the NeuronStats the sets were located with (pass a LocateResult or stats=...)")
     located = dict.fromkeys(k.rsplit(":", 1)[0] for k in neuron_sets)
@@ -122,5 +116,3 @@ def validate(
     }  # fmt: skip
     return ValidationResult(table, meta)
 
-
-__all__ = ["TABLE_COLUMNS", "ValidationResult", "random_like", "validate"]

@@ -40,10 +40,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vlens import experiment
-from vlens.activations import activation_fn, check_layers, resolve_hook
 from vlens.data.prompts import Prompt
 from vlens.locate import LocateResult
-from vlens.models import model_info, pad, pad_id, position_ids, tokenize
+from vlens.models import model_info, tokenize
+from vlens.runner import Batch, activation_fn, check_layers, forward, resolve_hook
 from vlens.values import POLES
 
 POLE_COLORS = {"+": "#1f77b4", "-": "#d62728"}  # blue: toward the value, red: toward its reversed aspect
@@ -111,7 +111,6 @@ def neuron_activations(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rows = _tokenize(model, prompts)
     act = activation_fn(model, hook)
-    device = torch.device(model.cfg.device)
     box: list[Tensor] = []
 
     def copy_column(tensor: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
@@ -121,13 +120,9 @@ def neuron_activations(
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["ids"]), i))  # similar lengths share a batch
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        tokens, mask = pad([rows[i]["ids"] for i in batch], padding_side="right", value=pad_id(model))
         box.clear()
-        with torch.inference_mode(), model.hooks(fwd_hooks=[(point, copy_column)]):
-            model(tokens.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
-                  stop_at_layer=layer + 1)  # fmt: skip
-        if len(box) != 1:
-            raise RuntimeError(f"the hook on {point} ran {len(box)} times in one forward pass (expected once)")
+        with torch.inference_mode():
+            forward(model, Batch.of(model, [rows[i]["ids"] for i in batch]), hooks=[(point, copy_column)], stop_at=point)
         column: Float[Tensor, "batch pos"] = box[0]
         for j, i in enumerate(batch):
             values[i] = column[j, : len(rows[i]["ids"])].tolist()
@@ -562,11 +557,12 @@ def _directions(rows: pd.DataFrame) -> list[str]:
     return [d for d in POLES if d in present] + [d for d in present if d not in POLES and d]
 
 
-def _random_band(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd (ddof=1; 0 with one seed) of the random edits per gamma."""
-    g = rows.groupby("gamma")["value"].agg(["mean", "std", "count"]).sort_index()
-    g["std"] = g["std"].fillna(0.0)
-    return g
+def _random_band(ax: Any, rows: pd.DataFrame, color: Any, alpha: float, label: str, **line: Any) -> None:
+    """The random edits' mean per gamma and a band of +/- sd (ddof=1; 0 with one seed)."""
+    if len(rows):
+        g = rows.groupby("gamma")["value"].agg(["mean", "std"]).sort_index().fillna(0.0)
+        ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=alpha, lw=0)
+        ax.plot(g.index, g["mean"], color=color, lw=1, label=f"{label}: mean +/- sd ({rows.seed.nunique()} seeds)", **line)
 
 
 def _baseline(t: pd.DataFrame, metric: str, measured: str) -> float:
@@ -605,13 +601,7 @@ def orientation_vs_gamma(
     base = _baseline(t, metric, measured)
     for ax, direction in zip(axes, directions, strict=True):
         sub = rows[rows.direction == direction]
-        rnd = sub[sub.source == "random"]
-        if len(rnd):
-            band = _random_band(rnd)
-            n = int(rnd.seed.nunique())
-            ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"], color=_RANDOM_COLOR,
-                            alpha=0.25, lw=0, label=f"random sets: mean +/- sd ({n} seeds)")  # fmt: skip
-            ax.plot(band.index, band["mean"], color=_RANDOM_COLOR, lw=1)
+        _random_band(ax, sub[sub.source == "random"], _RANDOM_COLOR, 0.25, "random sets")
         for mode, style in _MODE_STYLE.items():
             v = sub[(sub.source == "value") & (sub["mode"] == mode)].sort_values("gamma")
             if len(v):
@@ -646,13 +636,7 @@ def cost_vs_gamma(validation: Any, *, metric: str = "kl", selector: str | None =
         for direction in _directions(rows):
             sub = rows[rows.direction == direction]
             color = POLE_COLORS.get(direction, "C2")
-            rnd = sub[sub.source == "random"]
-            if len(rnd):
-                band = _random_band(rnd)
-                ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"], color=color,
-                                alpha=0.15, lw=0)  # fmt: skip
-                ax.plot(band.index, band["mean"], color=color, ls="--", lw=1,
-                        label=f"random sets toward {direction}: mean +/- sd ({rnd.seed.nunique()} seeds)")  # fmt: skip
+            _random_band(ax, sub[sub.source == "random"], color, 0.15, f"random sets toward {direction}", ls="--")
             v = sub[(sub.source == "value") & (sub["mode"] == "paper")].sort_values("gamma")
             if len(v):
                 ax.plot(v.gamma, v.value, color=color, marker="o", label=f"value edit toward {direction}")
@@ -775,9 +759,77 @@ def leakage_heatmap(
     return fig
 
 
+def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figure]:
+    """The figures of a selector comparison (:func:`vlens.selectors.compare`): ``shift_by_size`` (shift per
+    neuron budget, each selector, random mean +- sd in grey), ``shift_vs_kl`` (the Pareto view: shift against
+    KL, random edits as grey crosses) and ``overlap`` (mean Jaccard between selectors per size)."""
+    s = result.summary(metric)
+    names = result.meta.get("selectors") or sorted(s.selector.unique())
+    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    panels = [(d, g) for d in s.steered.unique() for g in sorted(s.gamma.unique())]
+    figs: dict[str, Any] = {}
+
+    fig = _figure(10, 3.2 * len(panels))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for row, (dim, gamma) in enumerate(panels):
+        for col, direction in enumerate(POLES):
+            ax = axes[row][col]
+            part = s[(s.steered == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
+            ref = part.drop_duplicates("size")
+            ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd, color="0.85",
+                            label="random (mean +- sd)")  # fmt: skip
+            for name in names:
+                p = part[part.selector == name]
+                ax.plot(p["size"], p["shift"], marker="o", color=colors[name], label=name)
+            ax.axhline(0, color="0.5", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("neurons per pole")
+            ax.set_ylabel(f"{metric} shift toward {direction}")
+            ax.set_title(f"{dim}, steer {direction}, gamma {gamma:g}")
+    axes[0][0].legend(fontsize=7)
+    figs["shift_by_size"] = fig
+
+    dims = list(s.steered.unique())
+    fig = _figure(5 * len(dims), 4)
+    axes = fig.subplots(1, len(dims), squeeze=False)[0]
+    edits = experiment.per_condition(result, metric)
+    for ax, dim in zip(axes, dims, strict=True):
+        rnd = edits[(edits.source == "random") & (edits.steered == dim)]
+        ax.scatter(rnd.cost, rnd["shift"], marker="x", color="0.6", label="random")
+        for name in names:
+            for direction, marker in (("+", "o"), ("-", "v")):
+                p = s[(s.steered == dim) & (s.selector == name) & (s.direction == direction)]
+                ax.scatter(p.kl, p["shift"], marker=marker, color=colors[name], label=f"{name} {direction}")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("KL to the unedited model (nats/token)")
+        ax.set_ylabel(f"{metric} shift toward the steering direction")
+        ax.set_title(dim)
+    axes[0].legend(fontsize=6, ncol=2)
+    figs["shift_vs_kl"] = fig
+
+    ov = result.overlap
+    ks = sorted(ov["size"].unique())
+    fig = _figure(4.2 * len(ks), 4.4)
+    axes = fig.subplots(1, len(ks), squeeze=False)[0]
+    for ax, k in zip(axes, ks, strict=True):
+        mat = ov[ov["size"] == k].groupby(["selector_a", "selector_b"])["jaccard"].mean().unstack().reindex(index=names, columns=names)
+        im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                v = mat.iloc[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.5 else "k")
+        ax.set_title(f"Jaccard, {k} neurons per pole")
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    figs["overlap"] = fig
+    return figs
+
+
 __all__ = [
     "POLE_COLORS",
     "circuitsvis_html",
+    "compare_figures",
     "cost_vs_gamma",
     "figure_to_data_uri",
     "leakage_heatmap",
