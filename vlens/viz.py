@@ -727,13 +727,9 @@ def leakage_heatmap(
     at = edited[np.isclose(edited.gamma, gamma)]
     base = t[(t.source == "none") & (t.metric == metric)].groupby("measured", sort=False)["value"].mean()
     measured = [m for m in base.index if m] + [m for m in dict.fromkeys(at.measured) if m and m not in base.index]
-    conditions = list(dict.fromkeys(zip(at.steered, at.direction, strict=True)))
-    grid = np.full((len(conditions), len(measured)), np.nan)
-    for i, (s, d) in enumerate(conditions):
-        vals = at[(at.steered == s) & (at.direction == d)].groupby("measured")["value"].mean()
-        for j, m in enumerate(measured):
-            if m in vals.index and m in base.index:
-                grid[i, j] = vals[m] - base[m]
+    change = at.assign(change=at.value - at.measured.map(base))
+    changes = change.pivot_table("change", ["steered", "direction"], "measured", sort=False).reindex(columns=measured)
+    conditions, grid = list(changes.index), changes.to_numpy(dtype=float)
     span = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
     span = span if span > 0 else 1e-6
     fig = _figure(max(7.0, 3.4 + 1.5 * len(measured)), 2.4 + 0.55 * len(conditions))

@@ -92,7 +92,7 @@ def compare(
     built, and the paper's edit (``value_edit``, mode ``paper``, toward ``+`` and toward
     ``-``: the target pole's set boosted, the other clamped) is evaluated at every gamma,
     together with ``n_random`` random edits per dimension, direction, size and gamma, all
-    in one :func:`~vlens.evaluate.evaluate_edits` call with the same Bernoulli seeds.
+    in one :func:`vlens.experiment.run` (batched; data-parallel under torchrun), same Bernoulli seeds.
     Random controls and the ``random`` selector are layer-matched to the sets of
     ``random_match`` (a selector name, default the paper's ``delta``; ``"each"``: every
     selector gets its own controls; ``None``: uniform), excluding those sets' neurons.
