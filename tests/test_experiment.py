@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import threading
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from vlens import distributed, experiment
-from vlens.experiment import TABLE_COLUMNS, random_seeds, steering_conditions, summarise
+from vlens.experiment import TABLE_COLUMNS, Condition, random_seeds, steering_conditions, summarise
 from vlens.interventions import Edit
 from vlens.neurons import NeuronSet, random_like
 
@@ -70,29 +71,31 @@ def test_steering_conditions_keep_the_seed_scheme():
     assert torch.equal(ro.mask(), random_like(opposing, rs + 50_000, exclude=target.mask() | opposing.mask() | rt.mask()).mask())
 
 
-def test_evaluate_splits_the_conditions_over_ranks(monkeypatch):
-    """A fake world of two ranks (threads): each evaluates the reference and every second edit; both get all."""
-    edits = [Edit.identity(1, 2, label=f"e{j}") for j in range(5)]
-    local, parts, results, barrier = threading.local(), [None, None], [None, None], threading.Barrier(2)
+def test_run_splits_the_conditions_over_ranks(monkeypatch):
+    """A fake world of two ranks (threads): each evaluates the reference and every second condition; both get all."""
+    conditions = [Condition("value", Edit.identity(1, 2), selector=f"c{j}") for j in range(1, 5)]
+    local, parts, tables, barrier = threading.local(), [None, None], [None, None], threading.Barrier(2)
 
     def gather(obj):
         parts[local.rank] = obj
         barrier.wait()
         return list(parts)
 
-    monkeypatch.setattr(experiment, "evaluate_edits", lambda model, es, inst, **kw: [{"label": e.label, "by": model} for e in es])
+    monkeypatch.setattr(experiment, "model_info", lambda model: SimpleNamespace(n_layers=1, d_mlp=2))
+    monkeypatch.setattr(experiment, "evaluate_edits", lambda model, edits, inst, **kw: [{"kl": model} for _ in edits])
     monkeypatch.setattr(distributed, "gather_objects", gather)
     monkeypatch.setattr(distributed, "rank_world", lambda: (local.rank, 2))
 
     def rank(r):
         local.rank = r
-        results[r] = experiment.evaluate(r, edits, None)
+        tables[r] = experiment.run(r, conditions, None)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert results[0] == results[1] and [m["label"] for m in results[0]] == [e.label for e in edits]
-    assert [m["by"] for m in results[0]] == [0, 1, 0, 1, 0]
-    assert [[j for j, _ in part] for part in parts] == [[0, 2, 4], [0, 1, 3]]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert list(tables[0].selector) == ["", "c1", "c2", "c3", "c4"]
+    assert list(tables[0].value) == [0, 1, 0, 1, 0]  # the rank that evaluated each condition
+    assert [[j for j, _ in part] for part in parts] == [[0, 2, 4], [0, 1, 3]]  # both evaluate the reference (KL)

@@ -106,32 +106,25 @@ def steering_conditions(
 
 def run(model: Any, conditions: Sequence[Condition], instruments: Instruments, *, batch_size: int = 32,
         progress: bool = True) -> pd.DataFrame:  # fmt: skip
-    """The tidy table of the unedited model (the KL reference, evaluated first) and ``conditions``."""
-    info = model_info(model)
-    conditions = [Condition("none", Edit.identity(info.n_layers, info.d_mlp, label="unedited")), *conditions]
-    metrics = evaluate(model, [c.edit for c in conditions], instruments, batch_size=batch_size, progress=progress)
-    rows = [row for c, m in zip(conditions, metrics, strict=True) for row in metric_rows(c.labels(), m)]
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    """The tidy table of the unedited model (the KL reference, evaluated first) and ``conditions``.
 
-
-def evaluate(model: Any, edits: list[Edit], instruments: Instruments, **kwargs: Any) -> list[dict]:
-    """All edits on one process, or split over the ranks of a torch.distributed group.
-
-    Every rank evaluates the unedited model ``edits[0]`` (the KL reference) and every N-th edit;
-    the metrics are gathered on all ranks in the original order.
+    Over the N ranks of a torch.distributed group, every rank evaluates the reference and every
+    N-th condition, and every rank gets the whole table, in the order of ``conditions``.
     """
     from vlens import distributed
 
+    info = model_info(model)
+    conditions = [Condition("none", Edit.identity(info.n_layers, info.d_mlp, label="unedited")), *conditions]
     rank, world = distributed.rank_world()
-    if world == 1:
-        return evaluate_edits(model, edits, instruments, **kwargs)
-    mine = [0] + [j for j in range(1, len(edits)) if j % world == rank]
-    local = evaluate_edits(model, [edits[j] for j in mine], instruments, **kwargs)
-    by_index: dict[int, dict] = {}
-    for part in distributed.gather_objects(list(zip(mine, local, strict=True))):
-        for j, m in part:
-            by_index.setdefault(j, m)
-    return [by_index[j] for j in range(len(edits))]
+    mine = [j for j in range(len(conditions)) if j == 0 or j % world == rank]
+    local = evaluate_edits(model, [conditions[j].edit for j in mine], instruments, batch_size=batch_size, progress=progress)
+    part = list(zip(mine, local, strict=True))
+    metrics: dict[int, dict[str, Any]] = {}
+    for each in distributed.gather_objects(part) if world > 1 else [part]:
+        for j, m in each:
+            metrics.setdefault(j, m)  # the reference: rank 0's
+    rows = [row for j, c in enumerate(conditions) for row in metric_rows(c.labels(), metrics[j])]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def table_of(result: Any) -> pd.DataFrame:
@@ -140,8 +133,7 @@ def table_of(result: Any) -> pd.DataFrame:
     table = getattr(result, "table", result)
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"expected a ValidationResult, a CompareResult or their table, got {type(result).__name__}")
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns and c not in ("selector", "size")]
-    if missing:
+    if missing := [c for c in TABLE_COLUMNS if c not in table.columns and c not in ("selector", "size")]:
         raise ValueError(f"not an experiment table: missing column(s) {', '.join(missing)}")
     if table.empty:
         raise ValueError("the experiment table is empty")
@@ -177,15 +169,12 @@ def controls(randoms: pd.DataFrame, selector: str) -> pd.DataFrame:
 
 
 def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
-    """One row per value edit (:data:`SUMMARY_KEYS`), compared with its random controls.
-
-    ``shift`` is the change of the steered dimension's ``metric`` from the unedited model
-    (``baseline`` -> ``edited``), signed toward the steering direction. Paper-mode edits get
-    the random controls of the same steered dimension, direction, size and gamma:
-    ``random_mean`` / ``random_sd`` of their shifts, ``z`` and the empirical one-sided
-    ``p = (1 + #random >= shift) / (1 + n_random)``. ``kl`` is the capability cost beside the
-    controls' ``random_kl``; ``leakage`` the mean absolute shift of the other dimensions.
-    """
+    """One row per value edit (:data:`SUMMARY_KEYS`): ``shift`` is the change of the steered dimension's
+    ``metric`` (``baseline`` -> ``edited``) signed toward the steering direction. Paper-mode edits are
+    compared with the random controls of the same steered dimension, direction, size and gamma:
+    ``random_mean`` / ``random_sd`` of their shifts, ``z``, the empirical one-sided ``p = (1 + #random
+    >= shift) / (1 + n_random)``, ``kl`` (the cost) beside ``random_kl``; ``leakage`` is the mean
+    absolute shift of the other dimensions."""
     t = table_of(result)
     c = per_condition(t, metric)
     group = c[["steered", "direction", "size", "gamma"]].astype(str).agg("|".join, axis=1)
@@ -206,5 +195,5 @@ def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
     return df
 
 
-__all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "check_design", "controls", "evaluate", "matched_pair",
+__all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "check_design", "controls", "matched_pair",
            "per_condition", "random_seeds", "run", "steering_conditions", "summarise", "table_of"]  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlens._io import sha256_json, vlens_version, write_json
+from vlens._io import atomic_write, read_json, sha256_json, vlens_version, write_json
 from vlens.evaluate import Instruments
 from vlens.experiment import check_design, run, steering_conditions, summarise
 from vlens.interventions import _check_set
@@ -42,8 +42,6 @@ class ValidationResult:
         return summarise(self.table, metric)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        from vlens._io import atomic_write
-
         folder = Path(folder)
         atomic_write(folder / "validation.csv", lambda tmp: self.table.to_csv(tmp, index=False))
         atomic_write(folder / "validation_summary.csv", lambda tmp: self.summary().to_csv(tmp, index=False))
@@ -52,8 +50,6 @@ class ValidationResult:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ValidationResult:
-        from vlens._io import read_json
-
         folder = Path(folder)
         table = pd.read_csv(folder / "validation.csv")
         return cls(table, read_json(folder / "validation.json"))
