@@ -1,4 +1,4 @@
-"""The experiment core: summarise against hand computations, the seed scheme, the data-parallel split."""
+"""The experiment core: summarise by hand, the seed scheme, the data-parallel split, compare's random pools."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from vlens import distributed, experiment
+from vlens.evaluate import Instruments
 from vlens.experiment import TABLE_COLUMNS, Condition, random_seeds, steering_conditions, summarise
 from vlens.interventions import Edit
+from vlens.locate import locate
 from vlens.neurons import NeuronSet, random_like
+from vlens.selectors import compare
 
 
 def rows(source, values, *, selector="", mode="", size=None, gamma=None, seed=None, kl=0.0):
@@ -99,3 +102,16 @@ def test_run_splits_the_conditions_over_ranks(monkeypatch):
     assert list(tables[0].selector) == ["", "c1", "c2", "c3", "c4"]
     assert list(tables[0].value) == [0, 1, 0, 1, 0]  # the rank that evaluated each condition
     assert [[j for j, _ in part] for part in parts] == [[0, 2, 4], [0, 1, 3]]  # both evaluate the reference (KL)
+
+
+def test_compare_pools_of_random_controls(tiny_llama, small_data):
+    """compare's controls: one pool per selector ("each") or one uniform pool (None); the validate schema and summary."""
+    located = locate(tiny_llama, small_data, selection="top_k:8", progress=False)
+    inst = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1)
+    for match, pools in (("each", {"delta", "mean_diff"}), (None, {"uniform"})):
+        result = compare(tiny_llama, located, dimensions=["co"], sizes=(6,), selectors=["delta", "mean_diff"], gammas=[1.0],
+                         instruments=inst, n_random=2, random_match=match, progress=False)  # fmt: skip
+        t = result.table
+        assert list(t.columns) == TABLE_COLUMNS and set(t[t.source == "random"].selector) == pools
+        s = result.summary()
+        assert len(s) == 4 and (s.n_random == 2).all() and s.z.notna().all() and set(s.steered) == {"Conservation"}

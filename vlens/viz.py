@@ -8,8 +8,9 @@ Three kinds of output:
   most, all on one colour scale; :func:`top_prompts` is the same ranking as a table;
 - **figures of a locate run** (matplotlib): :func:`neurons_per_layer`,
   :func:`score_distribution`, :func:`overlap_heatmap`;
-- **figures of a validation or a comparison** (matplotlib, from any :mod:`vlens.experiment` table):
-  :func:`orientation_vs_gamma`, :func:`cost_vs_gamma`, :func:`shift_vs_kl`, :func:`leakage_heatmap`.
+- **figures of a validation or a comparison** (matplotlib, any :mod:`vlens.experiment` table; ``selector=``
+  and ``size=`` pick one of a comparison's): :func:`orientation_vs_gamma`, :func:`cost_vs_gamma`,
+  :func:`shift_vs_kl`, :func:`leakage_heatmap`.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through pyplot, so
 nothing here touches pyplot's global state or opens a window: a figure is shown when it is
