@@ -40,9 +40,18 @@ from vlens.models import pad, pad_id, position_ids
 from vlens.stats import NeuronStats, class_label
 
 
-def prompts_for(model, pairs: int):
+def prompts_for(model, pairs: int, *, shared: bool = False):
+    """``pairs`` prompt pairs of one dimension. ``shared``: with the sharing of the full dataset,
+    i.e. every pair of the first few descriptions (each description's prefix recurs in many pairs)."""
     data = vlens.load_value_data()
-    return vlens.build_prompts(data, model, dimensions=["Conservation"], max_pairs=pairs, template="raw")
+    if not shared:
+        return vlens.build_prompts(data, model, dimensions=["Conservation"], max_pairs=pairs, template="raw")
+    everything = vlens.build_prompts(data, model, dimensions=["Conservation"], template="raw")
+    by_pair: dict[str, list] = {}
+    for p in everything:
+        by_pair.setdefault(p.pair_id, []).append(p)
+    ordered = sorted(by_pair.values(), key=lambda pair: (pair[0].text[: pair[0].shared_start], pair[0].pair_id))
+    return [p for pair in ordered[:pairs] for p in pair]
 
 
 def batches_of(model, prompts, batch_size):
@@ -111,6 +120,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--shared", action="store_true", help="prompts with the full dataset's prefix sharing (for the reuse ratio)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "PAIRS"))
     args = ap.parse_args()
     if args.child:
@@ -118,7 +128,9 @@ def main() -> None:
         return
 
     model = vlens.load_model()
-    prompts = prompts_for(model, args.pairs)
+    prompts = prompts_for(model, args.pairs, shared=args.shared)
+    prefixes = {p.text[: p.shared_start] for p in prompts}
+    print(f"{len(prompts) / len(prefixes):.1f} prompts per distinct prefix")
     n_tokens = sum(len(r.ids) for r in tokenize_prompts(model, prompts, "question"))
     print(f"model {vlens.model_info(model).name}, torch threads {torch.get_num_threads()}, "
           f"{len(prompts)} prompts ({n_tokens} tokens), batch size {args.batch_size}")  # fmt: skip

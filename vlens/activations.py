@@ -96,25 +96,18 @@ def _check_shared_tokens(rows: list[TokenizedPrompt]) -> None:
             )
 
 
-def plan_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> list[list[int]]:
-    """Row indices grouped into batches of similar length (longest first, deterministic)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].ids), i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def _question_start(row: TokenizedPrompt) -> int:
     """Index of the first selected token (question scope: everything from there on is selected)."""
     return row.select.index(True)
 
 
-def plan_prefix_batches(rows: Sequence[TokenizedPrompt], batch_size: int) -> list[list[int]]:
-    """Batches for prefix reuse: rows sharing a prefix (instruction + description) side by side."""
+def plan_batches(rows: Sequence[TokenizedPrompt], batch_size: int, *, by_prefix: bool = False) -> list[list[int]]:
+    """Row indices grouped into batches of similar length (longest first, deterministic); ``by_prefix``
+    puts rows that share a prefix (instruction + description) side by side, for prefix reuse."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    key = lambda i: (tuple(rows[i].ids[: _question_start(rows[i])]), -len(rows[i].ids), i)  # noqa: E731
-    order = sorted(range(len(rows)), key=key)
+    prefix = lambda i: tuple(rows[i].ids[: _question_start(rows[i])]) if by_prefix else ()  # noqa: E731
+    order = sorted(range(len(rows)), key=lambda i: (prefix(i), -len(rows[i].ids), i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -183,7 +176,7 @@ def collect_stats(
     fixed_classes = classes is not None
     classes = list(classes) if fixed_classes else sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
     reuse = prefix_reuse and scope == "question"
-    batches = plan_prefix_batches(rows, batch_size) if reuse else plan_batches(rows, batch_size)
+    batches = plan_batches(rows, batch_size, by_prefix=reuse)
     info = model_info(model)
     settings = {"scope": scope, "hook": hook, "layers": layers, "batch_size": batch_size, "padding_side": padding_side,
                 "max_new_tokens": max_new_tokens if scope == "generated" else None,

@@ -271,13 +271,13 @@ class _EditHooks:
             stash: dict[str, Tensor] = {}
             edit = self.hook(layer)
 
-            def keep(tensor: Tensor, hook: Any, stash: dict = stash) -> None:
-                stash[hook.name.rsplit(".", 1)[-1]] = tensor
+            def keeper(key: str, stash: dict = stash) -> Any:
+                return lambda tensor, hook: stash.__setitem__(key, tensor)
 
             def gated(post: Tensor, hook: Any, stash: dict = stash, edit: Any = edit) -> Tensor:
-                return edit(act(stash["hook_pre"]), hook) * stash["hook_pre_linear"]
+                return edit(act(stash["gate"]), hook) * stash["up"]
 
-            out += [(hook_name("gate", layer), keep), (UP_POINT.format(layer=layer), keep), (hook_name("post", layer), gated)]
+            out += [(hook_name("gate", layer), keeper("gate")), (UP_POINT.format(layer=layer), keeper("up")), (hook_name("post", layer), gated)]
         return out
 
 
@@ -304,58 +304,39 @@ def _shape(model: Any) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def scale(model: Any, neurons: NeuronSet, gamma: float, *, scope: str = "all") -> Iterator[_EditHooks]:
-    """``with scale(model, neurons, 0.5): ...`` multiplies those neurons' activations by gamma."""
-    _check_set(_shape(model), neurons, model)
-    with apply(model, scale_edit(_shape(model), neurons, gamma), scope=scope) as h:
-        yield h
-
-
-@contextlib.contextmanager
-def ablate(
-    model: Any, neurons: NeuronSet, *, value: str = "zero", stats: NeuronStats | None = None, scope: str = "all"
-) -> Iterator[_EditHooks]:
-    """Zero-ablate (or mean-ablate) the neurons inside the block."""
-    _check_set(_shape(model), neurons, model)
-    with apply(model, ablate_edit(_shape(model), neurons, value=value, stats=stats), scope=scope) as h:
-        yield h
-
-
-@contextlib.contextmanager
-def clamp(model: Any, neurons: NeuronSet, *, scope: str = "all") -> Iterator[_EditHooks]:
-    """``a <- min(a, 0)`` on the neurons inside the block."""
-    _check_set(_shape(model), neurons, model)
-    with apply(model, clamp_edit(_shape(model), neurons), scope=scope) as h:
-        yield h
-
-
-@contextlib.contextmanager
-def patch(
-    model: Any, neurons: NeuronSet, stats: NeuronStats, *, to_pole: str | None = None, scope: str = "all"
-) -> Iterator[_EditHooks]:
-    """Set the neurons to their mean activation in the other pole inside the block."""
-    _check_set(_shape(model), neurons, model)
-    with apply(model, patch_edit(_shape(model), neurons, stats, to_pole=to_pole), scope=scope) as h:
-        yield h
-
-
-@contextlib.contextmanager
-def steer(
-    model: Any,
-    target: NeuronSet,
-    opposing: NeuronSet | None,
-    gamma: float,
-    *,
-    mode: str = "paper",
-    v: str = "prob",
-    keep_prob: float = 0.9,
-    seed: int = 0,
-    scope: str = "all",
-) -> Iterator[_EditHooks]:
-    """The paper's value edit toward ``target``'s pole inside the block (see :func:`value_edit`)."""
-    for ns in (target, opposing):
+def _editing(model: Any, make: Any, sets: Sequence[NeuronSet | None], scope: str) -> Iterator[_EditHooks]:
+    """Check ``sets`` against the model, then apply the edit ``make(shape)`` inside the block."""
+    for ns in sets:
         if ns is not None:
             _check_set(_shape(model), ns, model)
-    edit = value_edit(_shape(model), target, opposing, gamma, mode=mode, v=v, keep_prob=keep_prob, seed=seed)
-    with apply(model, edit, scope=scope) as h:
-        yield h
+    with apply(model, make(_shape(model)), scope=scope) as handle:
+        yield handle
+
+
+def scale(model: Any, neurons: NeuronSet, gamma: float, *, scope: str = "all") -> contextlib.AbstractContextManager:
+    """``with scale(model, neurons, 0.5): ...`` multiplies those neurons' activations by gamma."""
+    return _editing(model, lambda shape: scale_edit(shape, neurons, gamma), [neurons], scope)
+
+
+def ablate(model: Any, neurons: NeuronSet, *, value: str = "zero", stats: NeuronStats | None = None, scope: str = "all") -> contextlib.AbstractContextManager:
+    """Zero-ablate (or mean-ablate) the neurons inside the block."""
+    return _editing(model, lambda shape: ablate_edit(shape, neurons, value=value, stats=stats), [neurons], scope)
+
+
+def clamp(model: Any, neurons: NeuronSet, *, scope: str = "all") -> contextlib.AbstractContextManager:
+    """``a <- min(a, 0)`` on the neurons inside the block."""
+    return _editing(model, lambda shape: clamp_edit(shape, neurons), [neurons], scope)
+
+
+def patch(model: Any, neurons: NeuronSet, stats: NeuronStats, *, to_pole: str | None = None, scope: str = "all") -> contextlib.AbstractContextManager:
+    """Set the neurons to their mean activation in the other pole inside the block."""
+    return _editing(model, lambda shape: patch_edit(shape, neurons, stats, to_pole=to_pole), [neurons], scope)
+
+
+def steer(
+    model: Any, target: NeuronSet, opposing: NeuronSet | None, gamma: float, *, mode: str = "paper", v: str = "prob",
+    keep_prob: float = 0.9, seed: int = 0, scope: str = "all",
+) -> contextlib.AbstractContextManager:  # fmt: skip
+    """The paper's value edit toward ``target``'s pole inside the block (see :func:`value_edit`)."""
+    make = lambda shape: value_edit(shape, target, opposing, gamma, mode=mode, v=v, keep_prob=keep_prob, seed=seed)  # noqa: E731
+    return _editing(model, make, [target, opposing], scope)

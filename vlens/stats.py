@@ -76,13 +76,17 @@ class NeuronStats:
         weights: Float[Tensor, "batch pos cls"],
     ) -> None:
         """Add one layer's activations; ``weights[b, p, c]`` is 1 where token (b, p) counts for class c."""
-        a = acts.to(torch.float64)
-        w = weights.to(torch.float64)
-        self.active[:, layer_pos] += einops.einsum((a > 0).to(torch.float64), w, "b p n, b p c -> c n")
-        self.sum[:, layer_pos] += einops.einsum(a, w, "b p n, b p c -> c n")
-        self.sumsq[:, layer_pos] += einops.einsum(a * a, w, "b p n, b p c -> c n")
         if self.hist is not None:
-            self._add_hist(layer_pos, a, w)
+            self._add_hist(layer_pos, acts.to(torch.float64), weights.to(torch.float64))
+        # Only the tokens that count (the scope, no padding) are reduced: in float64, the
+        # costliest part of a hook, so skipping the rest is most of locate's overhead.
+        w = einops.rearrange(weights, "b p c -> (b p) c")
+        counted = w.sum(-1) > 0
+        w = w[counted].to(torch.float64)
+        a = einops.rearrange(acts, "b p n -> (b p) n")[counted].to(torch.float64)
+        self.active[:, layer_pos] += einops.einsum((a > 0).to(torch.float64), w, "t n, t c -> c n")
+        self.sum[:, layer_pos] += einops.einsum(a, w, "t n, t c -> c n")
+        self.sumsq[:, layer_pos] += einops.einsum(a * a, w, "t n, t c -> c n")
 
     def _add_hist(self, layer_pos: int, a: Tensor, w: Tensor) -> None:
         # Each row belongs to one class, so index (class, neuron, bin) per token and neuron and
