@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vlens import distributed
 from vlens.evaluate import Instruments, evaluate_edits, metric_rows
 from vlens.interventions import Edit, value_edit
 from vlens.models import model_info
@@ -111,8 +112,6 @@ def run(model: Any, conditions: Sequence[Condition], instruments: Instruments, *
     Over the N ranks of a torch.distributed group, every rank evaluates the reference and every
     N-th condition, and every rank gets the whole table, in the order of ``conditions``.
     """
-    from vlens import distributed
-
     info = model_info(model)
     conditions = [Condition("none", Edit.identity(info.n_layers, info.d_mlp, label="unedited")), *conditions]
     rank, world = distributed.rank_world()
