@@ -89,10 +89,8 @@ def validate(
         raise ValueError("validate needs the NeuronStats the sets were located with (pass a LocateResult or stats=...)")
     located = dict.fromkeys(k.rsplit(":", 1)[0] for k in neuron_sets)
     dims = [dimension(d).name for d in dimensions] if dimensions else list(located)
-    for d in dims:
-        for p in "+-":
-            if f"{d}:{p}" not in neuron_sets:
-                raise ValueError(f"no neuron set for {d}:{p} (have: {', '.join(neuron_sets)})")
+    if missing := [f"{d}:{p}" for d in dims for p in "+-" if f"{d}:{p}" not in neuron_sets]:
+        raise ValueError(f"no neuron set for {', '.join(missing)} (have: {', '.join(neuron_sets)})")
     instruments = instruments or Instruments.default(max_dilemmas=20, max_portrait=38, max_neutral=8)
     modes = ("clamp_only", "paper", "boost_only") if ablations else ("paper",)
     conditions = []
