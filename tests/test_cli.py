@@ -78,11 +78,48 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
     assert "--resume" in capsys.readouterr().err
     assert json.loads((folder / "run.json").read_text())["done"] == ["locate"]
     monkeypatch.setattr(V, "validate", original)
-    assert main(["run", "--out", str(folder), "--resume", *TINY_RUN]) == 0
+    assert main(["run", "--out", str(folder), "--resume"]) == 0  # the options come from run.json
     meta = json.loads((folder / "run.json").read_text())
     assert meta["done"] == ["locate", "validate", "generate", "report"]
     for name in ("report.html", "report.md", "answers.jsonl", "log.txt", "validation/validation.csv"):
         assert (folder / name).exists(), name
+
+
+def test_locate_then_validate_with_other_validation_options(tmp_path, capsys):
+    """The README's two stages: validate may choose its own options; locate's stay as run.json has them."""
+    folder = tmp_path / "run"
+    assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co"]) == 0
+    assert main(["validate", "--out", str(folder), "--gammas", "0.5,2", "--n-random", "3", "--quiet"]) == 0
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["done"] == ["locate", "validate", "generate"]
+    assert meta["config"]["model"] == "tiny-llama" and meta["config"]["gammas"] == [0.5, 2.0] and meta["config"]["n_random"] == 3
+    validation = json.loads((folder / "validation" / "validation.json").read_text())
+    assert {"instruments_sha256", "keep_prob", "neuron_sets", "instrument_sizes"} <= set(validation)  # validate's own record
+    assert validation["gammas"] == [0.5, 2.0] and validation["config"] == meta["config"]
+    assert main(["validate", "--out", str(folder), "--gammas", "1"]) == 2  # validate is done: its settings are fixed
+    assert "gammas differ" in capsys.readouterr().err
+
+
+def test_shards_then_merge_then_validate(tmp_path, capsys):
+    folder = tmp_path / "run"
+    for i in range(2):  # every task of a job array records the settings, so merge and validate find them
+        assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
+    assert main(["merge", str(folder)]) == 0
+    assert f"continue with: vlens validate --out {folder}" in capsys.readouterr().out
+    meta = json.loads((folder / "run.json").read_text())
+    assert meta["done"] == ["locate"] and meta["merged_shards"] == 2 and meta["config"]["dimensions"] == ["Conservation"]
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["--n-random", "1"], "--n-random must be at least 2"),
+    (["--gammas", "nan"], "--gammas must be one or more finite numbers"),
+    (["--gammas", ","], "--gammas must be one or more finite numbers"),
+])  # fmt: skip
+def test_bad_options_are_refused_before_the_directory_is_written(tmp_path, capsys, bad, message):
+    folder = tmp_path / "run"
+    assert main(["locate", "--out", str(folder), *TINY_RUN, *bad]) == 2
+    assert message in capsys.readouterr().err
+    assert not (folder / "run.json").exists()
 
 
 def test_compare_subcommand(tiny_run_dir, tmp_path, capsys):

@@ -14,11 +14,12 @@ import torch
 import vlens
 from vlens.distributed import merge_shards, parse_shard, shard_prompts
 from vlens.evaluate import Instruments
-from vlens.locate import LocateResult, locate
+from vlens.locate import LocateResult, locate, locate_shard
 from vlens.validate import validate
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 LOCATE = dict(dimensions=["co", "st"], max_pairs=6, batch_size=1, selection="top_k:12", progress=False)
+SHARD = {k: v for k, v in LOCATE.items() if k != "selection"}  # a shard's partial statistics have no selection
 
 
 def torchrun(out: Path, **env: str) -> subprocess.CompletedProcess:
@@ -44,7 +45,7 @@ def assert_same_result(a: LocateResult, b: LocateResult) -> None:
 def test_shards_and_merge_equal_one_process(tmp_path, tiny_llama, single):
     paths = []
     for i in range(3):
-        part = locate(tiny_llama, vlens.load_value_data(), **LOCATE, shard=(i, 3))
+        part = locate_shard(tiny_llama, vlens.load_value_data(), (i, 3), **SHARD)
         part.save(tmp_path / f"stats-{i}-of-3")
         paths.append(tmp_path / f"stats-{i}-of-3")
     merged = merge_shards(paths)
@@ -57,13 +58,13 @@ def test_shards_and_merge_equal_one_process(tmp_path, tiny_llama, single):
 
 
 def test_mismatched_partials_are_refused(tmp_path, tiny_llama):
-    a = locate(tiny_llama, vlens.load_value_data(), **LOCATE, shard=(0, 2))
-    b = locate(tiny_llama, vlens.load_value_data(), **LOCATE | {"batch_size": 1}, shard=(1, 2), hook="gate")
+    a = locate_shard(tiny_llama, vlens.load_value_data(), (0, 2), **SHARD)
+    b = locate_shard(tiny_llama, vlens.load_value_data(), (1, 2), **SHARD | {"hook": "gate"})
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
     with pytest.raises(ValueError, match="different hook"):
         merge_shards([tmp_path / "a", tmp_path / "b"])
-    c = locate(vlens.tiny_model("gpt2"), vlens.load_value_data(), **LOCATE, shard=(1, 2))
+    c = locate_shard(vlens.tiny_model("gpt2"), vlens.load_value_data(), (1, 2), **SHARD)
     c.save(tmp_path / "c")
     with pytest.raises(ValueError, match="different model_fingerprint"):
         merge_shards([tmp_path / "a", tmp_path / "c"])

@@ -6,12 +6,11 @@ The data path of a run reads straight down the modules:
 ``evaluate`` -> ``validate`` -> ``viz`` / ``report``; ``cli`` is a thin layer on top.
 """
 
-__version__ = "0.1.0"
-
 from vlens import data, interventions
+from vlens._version import __version__
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight
-from vlens.locate import LocateResult, from_stats, locate
+from vlens.locate import LocateResult, from_stats, locate, locate_shard
 from vlens.models import (
     DEFAULT_MODEL,
     ModelInfo,
@@ -27,28 +26,8 @@ from vlens.selectors import SELECTORS, compare
 from vlens.stats import NeuronStats
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "LocateResult",
-    "ModelInfo",
-    "ModelNotAvailableError",
-    "NeuronSet",
-    "NeuronStats",
-    "SELECTORS",
-    "Selection",
-    "__version__",
-    "build_prompts",
-    "collect_stats",
-    "compare",
-    "data",
-    "encode",
-    "format_prompt",
-    "interventions",
-    "from_stats",
-    "load_model",
-    "load_value_data",
-    "load_valueinsight",
-    "locate",
-    "model_info",
-    "select",
-    "tiny_model",
-]
+    "DEFAULT_MODEL", "LocateResult", "ModelInfo", "ModelNotAvailableError", "NeuronSet", "NeuronStats", "SELECTORS",
+    "Selection", "__version__", "build_prompts", "collect_stats", "compare", "data", "encode", "format_prompt",
+    "interventions", "from_stats", "load_model", "load_value_data", "load_valueinsight", "locate", "locate_shard",
+    "model_info", "select", "tiny_model",
+]  # fmt: skip

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlens._version import __version__
+
 FORMAT_VERSION = 1
 
 
@@ -26,8 +28,6 @@ class VlensFileError(ValueError):
 
 
 def vlens_version() -> str:
-    from vlens import __version__
-
     return __version__
 
 
@@ -72,9 +72,7 @@ def save_tensors(
     The JSON records ``kind`` (which vlens class wrote it), the format and vlens versions.
     The tensors are written first: a JSON file is only ever next to complete tensors.
     """
-    base = Path(path)
-    if base.suffix in {".safetensors", ".json"}:
-        base = base.with_suffix("")
+    base = Path(path).with_suffix("") if Path(path).suffix in {".safetensors", ".json"} else Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
     meta = {"kind": kind, "format_version": FORMAT_VERSION, "vlens_version": vlens_version(), **metadata}
@@ -84,9 +82,7 @@ def save_tensors(
 
 def load_tensors(path: str | os.PathLike, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load what :func:`save_tensors` wrote, checking that it is a ``kind`` result."""
-    base = Path(path)
-    if base.suffix in {".safetensors", ".json"}:
-        base = base.with_suffix("")
+    base = Path(path).with_suffix("") if Path(path).suffix in {".safetensors", ".json"} else Path(path)
     meta = read_json(base.with_suffix(".json"))
     if meta.get("kind") != kind:
         raise VlensFileError(f"{base}.json holds a {meta.get('kind')!r}, not a {kind!r}.")

@@ -174,7 +174,8 @@ def collect_stats(
     check_pairs(prompts)
     rows = tokenize_prompts(model, prompts, scope, max_new_tokens=max_new_tokens if scope == "generated" else 0)
     fixed_classes = classes is not None
-    classes = list(classes) if fixed_classes else sorted({class_label(p.dimension, p.pole) for p in prompts}, key=_class_order(prompts))
+    dims = list(dict.fromkeys(p.dimension for p in prompts))  # classes in the order the data gives them, + before -
+    classes = list(classes) if fixed_classes else [class_label(*key) for key in sorted({(p.dimension, p.pole) for p in prompts}, key=lambda k: (dims.index(k[0]), k[1] == "-"))]
     reuse = prefix_reuse and scope == "question"
     batches = plan_batches(rows, batch_size, by_prefix=reuse)
     info = model_info(model)
@@ -194,7 +195,7 @@ def collect_stats(
         state = read_json(ckpt / "progress.json")
         if state.get("plan") == plan:
             stats = NeuronStats.load(ckpt / "stats")
-            stats = _to(stats, device)
+            stats = stats.to(device)
             done = state["batches_done"]
 
     act = activation_fn(model, hook)
@@ -244,19 +245,6 @@ def collect_stats(
     empty = [c for c, n in zip(classes, stats.tokens.tolist(), strict=True) if n == 0]
     if empty and not fixed_classes:
         raise ValueError(f"no tokens were recorded for class(es) {empty} under scope {scope!r}")
-    return stats
-
-
-def _class_order(prompts: Sequence[Prompt]) -> Callable[[str], tuple[int, int]]:
-    dims = list(dict.fromkeys(p.dimension for p in prompts))
-    return lambda label: (dims.index(label.rsplit(":", 1)[0]), 0 if label.endswith("+") else 1)
-
-
-def _to(stats: NeuronStats, device: torch.device) -> NeuronStats:
-    for name in ("tokens", "active", "sum", "sumsq", "hist", "prompts"):
-        value = getattr(stats, name)
-        if value is not None:
-            setattr(stats, name, value.to(device))
     return stats
 
 

@@ -46,30 +46,17 @@ def _dims(text: str) -> list[str]:
 
 
 def _config(args: argparse.Namespace):
-    from vlens.neurons import Selection
-    from vlens.pipeline import FULL, RunConfig
+    """The run's settings: those given on the command line, the rest from run.json when resuming, else the defaults."""
+    from vlens.pipeline import FULL, SETTINGS, RunConfig, check_run_dir
 
-    Selection.parse(args.selection)  # fail early on a bad rule
-    sizes = FULL if args.full else {}
-    cfg = RunConfig(model=args.model, dimensions=args.dimensions, scope=args.scope, hook=args.hook, selection=args.selection,
-                    match_frequency=args.match_frequency,
-                    ablations=not args.no_ablations, batch_size=args.batch_size, seed=args.seed,
-                    data_dir=str(Path(args.data).resolve()) if args.data else None, **sizes)  # fmt: skip
-    if args.gammas is not None:
-        cfg.gammas = args.gammas
-    if args.n_random is not None:
-        cfg.n_random = args.n_random
-    for name in ("max_pairs", "max_dilemmas", "max_portrait", "max_neutral", "max_questions"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-            setattr(cfg, name, value)
-    return cfg
-
-
-def _out(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS}  # run options default to absent (SUPPRESS)
+    if "no_ablations" in args:
+        given["ablations"] = False
+    if "data" in args:
+        given["data_dir"] = str(Path(args.data).resolve())
+    resuming = (args.resume or args.command != "run") and (Path(args.out) / "run.json").exists()
+    saved = check_run_dir(args.out)["config"] if resuming else {}
+    return RunConfig.from_dict(RunConfig().to_dict() | saved | (FULL if "full" in args else {}) | given)
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
@@ -79,7 +66,7 @@ def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
     if shard is not None and not args.out:
         raise UserError("--shard needs --out: every shard of a job array writes into the same run directory")
-    args.out = str(_out(args))  # fixed now, so an interrupted run can name it
+    args.out = args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")  # fixed now, so an interrupted run can name it
     folder = run_pipeline(args.out, _config(args), resume=args.resume or args.command != "run", stages=stages,
                           device=args.device, shard=shard, progress=not args.quiet)  # fmt: skip
     if shard is not None:
@@ -133,7 +120,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from vlens.pipeline import merge_run
 
     folder = merge_run(args.run_dir)
-    print(f"merged: {folder / 'locate'}; continue with: vlens validate --out {folder} (same options)")
+    print(f"merged: {folder / 'locate'}; continue with: vlens validate --out {folder}")
     return 0
 
 
@@ -177,13 +164,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     from vlens.activations import SCOPES
     from vlens.runner import HOOK_POINTS as HOOKS
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}, offline)")
-    p.add_argument("--out", help="run directory (default runs/run-DATE-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--model", help=f"model name (default {DEFAULT_MODEL}, offline)")
+    p.add_argument("--out", default=None, help="run directory (default runs/run-DATE-TIME)")
+    p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out with its saved options")
     p.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default all four)")
-    p.add_argument("--scope", choices=SCOPES, default="question", help="tokens that count when locating")
-    p.add_argument("--hook", choices=list(HOOKS), default="post", help="post = mlp.hook_post; gate = act(hook_pre)")
-    p.add_argument("--selection", default="paper", help="paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]")
+    p.add_argument("--scope", choices=SCOPES, help="tokens that count when locating (default question)")
+    p.add_argument("--hook", choices=list(HOOKS), help="post = mlp.hook_post (default); gate = act(hook_pre)")
+    p.add_argument("--selection", help="paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]")
     p.add_argument("--max-pairs", type=int, help="prompt pairs per dimension for locate (quick default 24)")
     p.add_argument("--max-dilemmas", type=int, help="held-out dilemmas per dimension for validate")
     p.add_argument("--max-portrait", type=int, help="portrait items for validate")
@@ -194,11 +181,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-random", type=int, help="random neuron sets per condition, >= 2 (quick default 3, --full 20)")
     p.add_argument("--match-frequency", action="store_true", help="match random sets on activation frequency too")
     p.add_argument("--no-ablations", action="store_true", help="skip the clamp-only and boost-only conditions")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, help="default 16")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--data", help="a folder of your own value data in vlens' schemas")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("locate", ("locate",), "locate value neurons into a run directory"),
         ("validate", ("validate", "generate"), "validate the neurons of a run directory causally"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, argument_default=argparse.SUPPRESS)  # absent unless given
         _add_run_options(p)
         if name == "locate":
             p.add_argument("--shard", metavar="I/N", help="run only shard I of N (job arrays); then `vlens merge DIR`")
@@ -265,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        hint = f"; continue with: vlens {args.command} --out {out} --resume (and the same options)" if out else ""
+        hint = f"; continue with: vlens {args.command} --out {out} --resume" if out else ""
         print(f"\nvlens {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 

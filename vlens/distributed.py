@@ -10,16 +10,15 @@ each task writes partial statistics and ``vlens merge`` sums them.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from vlens.data.prompts import Prompt
 from vlens.stats import NeuronStats
-
-T = TypeVar("T")
 
 
 def rank_world() -> tuple[int, int]:
@@ -65,10 +64,6 @@ def shard_prompts(prompts: Sequence[Prompt], index: int, count: int) -> list[Pro
     return [p for p in prompts if p.pair_id in mine]
 
 
-def shard_items(items: Sequence[T], index: int, count: int) -> list[T]:
-    return list(items[index::count])
-
-
 def all_reduce_stats(stats: NeuronStats) -> NeuronStats:
     """Sum the statistics of all ranks in place (float64, so the sum matches one process)."""
     import torch.distributed as dist
@@ -110,9 +105,6 @@ def merge_shards(paths: Sequence[str | os.PathLike]) -> NeuronStats:
     if have != list(range(n)):
         missing = sorted(set(range(n)) - set(have))
         raise ValueError(f"shards {missing} of {n} are missing (or repeated: {have}); run them before merging")
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)  # refuses other models, hooks, scopes, datasets, templates
-    total.meta = {k: v for k, v in total.meta.items() if k != "shard"} | {"merged_shards": n}
-    total.meta["n_prompts"] = int(total.prompts.sum().item())
+    total = functools.reduce(NeuronStats.merge, parts)  # merge refuses other models, hooks, scopes, datasets, templates
+    total.meta = {k: v for k, v in total.meta.items() if k != "shard"} | {"merged_shards": n, "n_prompts": int(total.prompts.sum())}
     return total

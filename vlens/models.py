@@ -389,23 +389,19 @@ def tiny_model(
         raise ValueError(f"tiny_model arch must be 'llama' or 'gpt2', got {arch!r}")
     tok = tiny_tokenizer(chat=arch == "llama")
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    torch.manual_seed(seed)
-    if arch == "llama":
-        cfg = LlamaConfig(
-            vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-            tie_word_embeddings=True, architectures=["LlamaForCausalLM"], **ids,
-        )  # fmt: skip
-        hf = LlamaForCausalLM(cfg)
-    else:
-        cfg = GPT2Config(
-            vocab_size=len(tok), n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=4,
-            n_positions=1024, architectures=["GPT2LMHeadModel"], **ids,
-        )  # fmt: skip
-        hf = GPT2LMHeadModel(cfg)
-    hf.config._attn_implementation = "eager"
-    hf = hf.to(dtype)
-    bridge = _boot(f"tiny-{arch}", hf, tok, _resolve_device(device))
+    with torch.random.fork_rng(devices=[]):  # seed the weights, not the caller's random state
+        torch.manual_seed(seed)
+        if arch == "llama":
+            hf = LlamaForCausalLM(LlamaConfig(
+                vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                tie_word_embeddings=True, architectures=["LlamaForCausalLM"], **ids))  # fmt: skip
+        else:
+            hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=4,
+                                            n_positions=1024, architectures=["GPT2LMHeadModel"], **ids))  # fmt: skip
+        hf.config._attn_implementation = "eager"
+        hf = hf.to(dtype)
+        bridge = _boot(f"tiny-{arch}", hf, tok, _resolve_device(device))
     bridge.vlens_info = _describe(bridge, name=f"tiny-{arch}", source="random", extra={"seed": seed})
     return bridge
 

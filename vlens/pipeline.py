@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,7 @@ from vlens._io import atomic_write, atomic_write_text, read_json, vlens_version,
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
-# What a quick run measures (the README's `vlens run`); `--full` lifts the sample sizes.
-QUICK = {"max_pairs": 24, "max_dilemmas": 2, "max_portrait": 10, "max_neutral": 1, "max_questions": 2, "gammas": [1.0], "n_random": 3}
+# The config defaults are a quick run (the README's `vlens run`); `--full` lifts these sample sizes.
 FULL = {"max_pairs": None, "max_dilemmas": None, "max_portrait": None, "max_neutral": None, "max_questions": None,
         "gammas": [0.5, 1.0, 2.0], "n_random": 20}
 
@@ -40,8 +40,8 @@ class RunDirError(ValueError):
 
 
 @dataclass
-class RunConfig:
-    """Everything that decides the numbers of a run (saved in run.json; resume requires the same)."""
+class LocateConfig:
+    """The settings that decide the neuron sets; once locate is done a run directory keeps them."""
 
     model: str = DEFAULT_MODEL
     dimensions: list[str] | None = None
@@ -49,23 +49,69 @@ class RunConfig:
     hook: str = "post"
     selection: str = "paper"
     template: str = "auto"
-    max_pairs: int | None = QUICK["max_pairs"]
+    max_pairs: int | None = 24
     pairs_per_question: int = 7
-    gammas: list[float] = field(default_factory=lambda: list(QUICK["gammas"]))
-    n_random: int = QUICK["n_random"]
-    match_frequency: bool = False
-    ablations: bool = True
-    max_dilemmas: int | None = QUICK["max_dilemmas"]
-    max_portrait: int | None = QUICK["max_portrait"]
-    max_neutral: int | None = QUICK["max_neutral"]
-    max_questions: int | None = QUICK["max_questions"]
-    max_new_tokens: int = 48
     batch_size: int = 16
     seed: int = 0
     data_dir: str | None = None
 
+    def __post_init__(self) -> None:  # checked here, so a typo fails before run.json is written
+        from vlens.neurons import Selection
+
+        Selection.parse(self.selection)
+        _at_least(1, max_pairs=self.max_pairs, pairs_per_question=self.pairs_per_question, batch_size=self.batch_size)
+
+
+@dataclass
+class ValidateConfig:
+    """The settings of validate and generate: free to change until validate is done."""
+
+    gammas: list[float] = field(default_factory=lambda: [1.0])
+    n_random: int = 3
+    match_frequency: bool = False
+    ablations: bool = True
+    max_dilemmas: int | None = 2
+    max_portrait: int | None = 10
+    max_neutral: int | None = 1
+    max_questions: int | None = 2
+    max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        self.gammas = [float(g) for g in self.gammas]
+        if not self.gammas or not all(math.isfinite(g) for g in self.gammas):
+            raise ValueError(f"--gammas must be one or more finite numbers like 0.5,1,2, got {self.gammas}")
+        _at_least(2, n_random=self.n_random)  # a z-score needs a spread
+        _at_least(1, max_dilemmas=self.max_dilemmas, max_portrait=self.max_portrait, max_neutral=self.max_neutral,
+                  max_questions=self.max_questions, max_new_tokens=self.max_new_tokens)  # fmt: skip
+
+
+def _at_least(low: int, **values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides the numbers of a run, by stage; run.json keeps it as one flat dict."""
+
+    locate: LocateConfig = field(default_factory=LocateConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self.locate) | dataclasses.asdict(self.validate)
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> RunConfig:
+        if unknown := sorted(set(settings) - set(SETTINGS)):
+            raise ValueError(f"unknown run settings {unknown}; expected some of {', '.join(SETTINGS)}")
+        section = lambda kind: kind(**{k: v for k, v in settings.items() if SETTINGS[k] is kind})  # noqa: E731
+        return cls(section(LocateConfig), section(ValidateConfig))
+
+
+# setting -> its section; a finished stage fixes the settings of its section
+SETTINGS = {f.name: kind for kind in (LocateConfig, ValidateConfig) for f in dataclasses.fields(kind)}
+STAGE_SECTION = {"locate": LocateConfig, "validate": ValidateConfig, "generate": ValidateConfig}
 
 
 class Run:
@@ -77,27 +123,23 @@ class Run:
         self.writer = writer  # under torch.distributed only rank 0 writes
         if writer:
             self.folder.mkdir(parents=True, exist_ok=True)
-        meta_path = self.folder / "run.json"
-        if meta_path.exists():
+        if (self.folder / "run.json").exists():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose a new --out")
-            meta = read_json(meta_path)
-            if meta.get("vlens_version") != vlens_version():
+            meta = check_run_dir(self.folder)
+            settled = {STAGE_SECTION[stage] for stage in meta["done"] if stage in STAGE_SECTION}
+            old, new = meta.get("config", {}), config.to_dict()
+            changed = sorted(k for k, section in SETTINGS.items() if section in settled and old.get(k) != new.get(k))
+            if changed:
                 raise RunDirError(
-                    f"{self.folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}; "
-                    "start a new run directory"
+                    f"{self.folder} has finished {', '.join(meta['done'])} with other settings ({', '.join(changed)} "
+                    "differ); resume with those settings or choose a new --out"
                 )
-            if meta.get("config") != config.to_dict():
-                changed = sorted(k for k, v in config.to_dict().items() if meta.get("config", {}).get(k) != v)
-                raise RunDirError(
-                    f"{self.folder} was started with other settings ({', '.join(changed)} differ); "
-                    "resume with the same options or choose a new --out"
-                )
-            self.meta = meta
+            self.meta = meta | {"config": new}  # the settings of the stages still to run may change
         else:
             self.meta = {"vlens_version": vlens_version(), "config": config.to_dict(), "done": [], "timings": {},
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-            self._save()
+        self._save()
         self.log = _logger(self.folder / "log.txt" if writer else None)
 
     def _save(self) -> None:
@@ -134,16 +176,9 @@ def _logger(path: Path | None) -> logging.Logger:
 
 
 def run_pipeline(
-    folder: str | os.PathLike,
-    config: RunConfig,
-    *,
-    resume: bool = False,
-    stages: tuple[str, ...] = STAGES,
-    device: str | None = None,
-    model: Any = None,
-    shard: tuple[int, int] | None = None,
-    progress: bool = True,
-) -> Path:
+    folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, stages: tuple[str, ...] = STAGES,
+    device: str | None = None, model: Any = None, shard: tuple[int, int] | None = None, progress: bool = True,
+) -> Path:  # fmt: skip
     """Run (or resume) the stages of ``config`` into ``folder``; returns the folder.
 
     Under ``torchrun`` the ranks share locate and validate and only rank 0 writes.
@@ -155,28 +190,28 @@ def run_pipeline(
     from vlens.evaluate import Instruments
     from vlens.generation import generate_answers
     from vlens.interventions import value_edit
-    from vlens.locate import LocateResult, locate
+    from vlens.locate import LocateResult, locate, locate_shard
     from vlens.validate import ValidationResult, validate
 
     rank, world = distributed.rank_world()
-    run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0 and shard is None)
-    c = config
+    run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0)
+    lc, vc = config.locate, config.validate
     if model is None:
-        run.log.info("loading %s%s", c.model, f" on {world} ranks" if world > 1 else "")
-        model = vlens.load_model(c.model, device=distributed.local_device() or device)
+        run.log.info("loading %s%s", lc.model, f" on {world} ranks" if world > 1 else "")
+        model = vlens.load_model(lc.model, device=distributed.local_device() or device)
     info = vlens.model_info(model)
     if "model" in run.meta and run.meta["model"]["fingerprint"] != _jsonable(info.fingerprint):
         raise RunDirError(f"{run.folder} was run on another model ({run.meta['model']['fingerprint']}); start a new run directory")
     run.meta["model"] = {"info": info.to_dict(), "fingerprint": _jsonable(info.fingerprint)}
     run._save()
-    data = vlens.load_value_data(c.data_dir)
+    data = vlens.load_value_data(lc.data_dir)
+    options = dict(dimensions=lc.dimensions, scope=lc.scope, hook=lc.hook, batch_size=lc.batch_size, max_pairs=lc.max_pairs,
+                   template=lc.template, pairs_per_question=lc.pairs_per_question, seed=lc.seed, progress=progress)  # fmt: skip
 
     if shard is not None:
         i, n = shard
         t = time.time()
-        stats = locate(model, data, dimensions=c.dimensions, scope=c.scope, hook=c.hook, batch_size=c.batch_size,
-                       max_pairs=c.max_pairs, template=c.template, pairs_per_question=c.pairs_per_question, seed=c.seed,
-                       checkpoint_dir=run.folder / "shards" / f"checkpoint-{i}-of-{n}", shard=shard, progress=progress)  # fmt: skip
+        stats = locate_shard(model, data, shard, checkpoint_dir=run.folder / "shards" / f"checkpoint-{i}-of-{n}", **options)
         stats.save(run.folder / "shards" / f"stats-{i}-of-{n}")
         print(f"[vlens] shard {i}/{n}: {int(stats.prompts.sum())} prompts in {time.time() - t:.1f} s; "
               f"when all {n} shards are done: vlens merge {run.folder}")  # fmt: skip
@@ -185,41 +220,39 @@ def run_pipeline(
     if "locate" in stages and not run.done("locate"):
         t = time.time()
         run.log.info("locate: %s pairs per dimension, scope %s, hook %s, selection %s",
-                     c.max_pairs or "all", c.scope, c.hook, c.selection)  # fmt: skip
-        result = locate(model, data, dimensions=c.dimensions, scope=c.scope, hook=c.hook, selection=c.selection,
-                        batch_size=c.batch_size, max_pairs=c.max_pairs, template=c.template,
-                        pairs_per_question=c.pairs_per_question, seed=c.seed,
-                        checkpoint_dir=run.folder / "locate" / "checkpoint", progress=progress)  # fmt: skip
+                     lc.max_pairs or "all", lc.scope, lc.hook, lc.selection)  # fmt: skip
+        result = locate(model, data, selection=lc.selection, checkpoint_dir=run.folder / "locate" / "checkpoint", **options)
         if run.writer:
             result.save(run.folder / "locate")
             run.log.info("neuron sets:\n%s", result.summary())
             run.finish("locate", time.time() - t)
         distributed.barrier()
-    else:
-        result = _load(LocateResult.load, run.folder / "locate", "locate") if any(s in stages for s in STAGES[:3]) else None
+    elif any(s in stages for s in STAGES[:3]):
+        try:
+            result = LocateResult.load(run.folder / "locate")
+        except (OSError, ValueError, KeyError) as err:
+            raise RunDirError(f"the locate results in {run.folder / 'locate'} are missing or unreadable ({err}); rerun locate") from err
 
-    instruments = Instruments.default(data, max_dilemmas=c.max_dilemmas, max_portrait=c.max_portrait,
-                                      max_neutral=c.max_neutral, max_questions=c.max_questions)  # fmt: skip
+    instruments = Instruments.default(data, max_dilemmas=vc.max_dilemmas, max_portrait=vc.max_portrait,
+                                      max_neutral=vc.max_neutral, max_questions=vc.max_questions)  # fmt: skip
     if "validate" in stages and not run.done("validate"):
         t = time.time()
         parts = []
         for dim in result.dimensions:
             part = run.folder / "validation" / f"part_{dim}.csv"
-            if not part.exists():
-                run.log.info("validate %s: gammas %s, %d random sets per condition", dim, c.gammas, c.n_random)
-                v = validate(model, result, instruments=instruments, dimensions=[dim], gammas=c.gammas,
-                             n_random=c.n_random, match_frequency=c.match_frequency, ablations=c.ablations,
-                             seed=c.seed, batch_size=max(c.batch_size, 32), progress=progress and run.writer)  # fmt: skip
-                if run.writer:
+            if not part.with_suffix(".json").exists() or read_json(part.with_suffix(".json"))["config"] != config.to_dict():
+                run.log.info("validate %s: gammas %s, %d random sets per condition", dim, vc.gammas, vc.n_random)
+                v = validate(model, result, instruments=instruments, dimensions=[dim], gammas=vc.gammas,
+                             n_random=vc.n_random, match_frequency=vc.match_frequency, ablations=vc.ablations,
+                             seed=lc.seed, batch_size=max(lc.batch_size, 32), progress=progress and run.writer)  # fmt: skip
+                if run.writer:  # the table first: a part counts as done once its JSON is there
                     atomic_write(part, lambda tmp, v=v: v.table.to_csv(tmp, index=False))
+                    write_json(part.with_suffix(".json"), v.meta | {"config": config.to_dict()})
                 distributed.barrier()
-            parts.append(pd.read_csv(part))
-        first = parts[0]
-        table = pd.concat([first] + [p[p.source != "none"] for p in parts[1:]], ignore_index=True)
-        meta = {"config": c.to_dict(), "vlens_version": vlens_version(), "model": info.to_dict(),
-                "instrument_sizes": {k: len(val) for k, val in vars(instruments).items()}}  # fmt: skip
+            parts.append((pd.read_csv(part), read_json(part.with_suffix(".json"))))
+        table = pd.concat([parts[0][0]] + [p[p.source != "none"] for p, _ in parts[1:]], ignore_index=True)
         if run.writer:
-            ValidationResult(table, meta).save(run.folder / "validation")
+            ValidationResult(table, _merge_meta([m for _, m in parts])).save(run.folder / "validation")
             run.finish("validate", time.time() - t)
     if not run.writer:  # generation and the report are cheap: rank 0 does them alone
         return run.folder
@@ -227,15 +260,14 @@ def run_pipeline(
     if "generate" in stages and not run.done("generate") and instruments.questions:
         t = time.time()
         shape = (info.n_layers, info.d_mlp)
-        answers = generate_answers(model, None, instruments.questions, max_new_tokens=c.max_new_tokens)
+        answers = generate_answers(model, None, instruments.questions, max_new_tokens=vc.max_new_tokens)
+        gamma = max(vc.gammas)
         for dim in result.dimensions:
             qs = [q for q in instruments.questions if q["dimension"] == dim]
-            for direction in "+-":
-                other = "-" if direction == "+" else "+"
-                gamma = max(c.gammas)
-                edit = value_edit(shape, result[f"{dim}:{direction}"], result[f"{dim}:{other}"], gamma, seed=c.seed)
+            for direction, other in (("+", "-"), ("-", "+")):
+                edit = value_edit(shape, result[f"{dim}:{direction}"], result[f"{dim}:{other}"], gamma, seed=lc.seed)
                 edit.label = f"{dim} toward {direction}, gamma {gamma:g}"
-                answers += generate_answers(model, edit, qs, max_new_tokens=c.max_new_tokens)
+                answers += generate_answers(model, edit, qs, max_new_tokens=vc.max_new_tokens)
         atomic_write_text(run.folder / "answers.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
         run.finish("generate", time.time() - t)
 
@@ -248,6 +280,15 @@ def run_pipeline(
         if not run.done("report"):
             run.finish("report", time.time() - t)
     return run.folder
+
+
+def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One validation record from validate's own records of each steered dimension."""
+    meta = dict(metas[0])
+    for m in metas[1:]:
+        meta["dimensions"] = meta["dimensions"] + m["dimensions"]
+        meta["n_conditions"] += m["n_conditions"] - 1  # every part repeats the unedited condition
+    return meta
 
 
 def merge_run(folder: str | os.PathLike) -> Path:
@@ -264,18 +305,11 @@ def merge_run(folder: str | os.PathLike) -> Path:
     stats = merge_shards([p.with_suffix("") for p in parts])
     result = from_stats(stats, meta["config"]["selection"])
     result.save(folder / "locate")
-    run = Run(folder, RunConfig(**meta["config"]), resume=True)
+    run = Run(folder, RunConfig.from_dict(meta["config"]), resume=True)
     if not run.done("locate"):
         run.finish("locate", time.time() - t, merged_shards=len(parts))
     run.log.info("merged %d shards:\n%s", len(parts), result.summary())
     return folder
-
-
-def _load(loader: Any, path: Path, stage: str) -> Any:
-    try:
-        return loader(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise RunDirError(f"the {stage} results in {path} are missing or unreadable ({err}); rerun that stage") from err
 
 
 def _jsonable(obj: Any) -> Any:
@@ -291,5 +325,6 @@ def check_run_dir(folder: str | os.PathLike) -> dict[str, Any]:
         raise RunDirError(f"{folder} is not a vlens run directory (no run.json)")
     meta = read_json(folder / "run.json")
     if meta.get("vlens_version") != vlens_version():
-        raise RunDirError(f"{folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}")
+        raise RunDirError(f"{folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}; "
+                          "start a new run directory")  # fmt: skip
     return meta

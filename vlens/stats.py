@@ -9,6 +9,7 @@ and every score (activation probability, means, variances, Cohen's d, ...) comes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlens._io import load_tensors, save_tensors
+from vlens.values import PoleKey
 
 
 def class_label(dimension: str, pole: str) -> str:
-    return f"{dimension}:{pole}"
+    return str(PoleKey(dimension, pole))
 
 
 @dataclass
@@ -134,7 +136,15 @@ class NeuronStats:
 
     __add__ = merge
 
+    def to(self, device: torch.device | str) -> NeuronStats:
+        """These statistics with every tensor on ``device`` (the tensors are copied only if they move)."""
+        return dataclasses.replace(self, meta=dict(self.meta), **{k: v.to(device) for k, v in self.tensors().items()})
+
     # ------------------------------------------------------------------ derived quantities
+
+    @property
+    def dimensions(self) -> list[str]:
+        return list(dict.fromkeys(PoleKey.parse(c).dimension for c in self.classes))
 
     def class_index(self, label: str) -> int:
         if label not in self.classes:
@@ -175,9 +185,7 @@ class NeuronStats:
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"tokens": self.tokens, "active": self.active, "sum": self.sum, "sumsq": self.sumsq, "prompts": self.prompts}
-        if self.hist is not None:
-            out |= {"hist": self.hist, "hist_edges": self.hist_edges}
-        return out
+        return out | ({"hist": self.hist, "hist_edges": self.hist_edges} if self.hist is not None else {})
 
     def save(self, path: str | os.PathLike) -> None:
         meta = {"classes": self.classes, "layers": self.layers, "d_mlp": self.d_mlp, "meta": self.meta}

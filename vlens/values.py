@@ -8,7 +8,7 @@ aspect (someone for whom that dimension's goals matter little or feel aversive).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Pole = Literal["+", "-"]
 POLES: tuple[Pole, Pole] = ("+", "-")
@@ -88,11 +88,6 @@ DIMENSIONS: dict[str, Dimension] = {
         ),
     )  # fmt: skip
 }
-DIMENSION_NAMES: tuple[str, ...] = tuple(DIMENSIONS)
-OPPOSING_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Openness_to_Change", "Conservation"),
-    ("Self-Enhancement", "Self-Transcendence"),
-)
 
 # Scoring key for portrait items: basic value -> the dimensions whose score it enters.
 # Hedonism shares Openness to Change and Self-Enhancement, as in the theory.
@@ -123,6 +118,23 @@ def check_pole(pole: str) -> Pole:
     if pole not in POLES:
         raise ValueError(f"unknown pole {pole!r}; expected '+' (the value) or '-' (its reversed aspect)")
     return pole  # type: ignore[return-value]
+
+
+class PoleKey(NamedTuple):
+    """The key of one pole of one dimension; written "Conservation:+" in files and dicts."""
+
+    dimension: str
+    pole: str
+
+    def __str__(self) -> str:
+        return f"{self.dimension}:{self.pole}"
+
+    @classmethod
+    def parse(cls, text: str) -> PoleKey:
+        dimension, sep, pole = text.rpartition(":")
+        if not sep or not dimension or pole not in POLES:
+            raise ValueError(f"{text!r} is not a pole key; expected '<dimension>:+' or '<dimension>:-', e.g. 'Conservation:+'")
+        return cls(dimension, pole)
 
 
 def basic_value_of(value: str) -> str:

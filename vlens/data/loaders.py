@@ -39,6 +39,14 @@ class ValueData:
         """A hash of every record: results carry it, so they name exactly the data they came from."""
         return sha256_json(self.parts())
 
+    @classmethod
+    def from_datasets(cls, splits: Any) -> ValueData:
+        """Back from the ``datasets.DatasetDict`` of :func:`load_valueinsight` (its search and test splits rejoined)."""
+        rows = {name: splits[name].to_list() if name in splits else [] for name in
+                ("descriptions", "search", "test", "dilemmas", "portrait_items", "neutral_text")}  # fmt: skip
+        return cls(rows["descriptions"], rows["search"] + rows["test"], rows["dilemmas"], rows["portrait_items"],
+                   rows["neutral_text"], source="datasets.DatasetDict")  # fmt: skip
+
     def questions_of(self, split: str) -> list[dict[str, Any]]:
         return [q for q in self.questions if q["split"] == split]
 

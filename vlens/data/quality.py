@@ -77,14 +77,11 @@ def report(data_dir: str | None = None) -> str:
             jac, i, j = most_similar(texts)
             worst = f"{sub[i]['id']} / {sub[j]['id']}" if i >= 0 else "-"
             lines.append(f"{name:15s} {dim or 'all':20s} n={len(sub):4d}  most similar pair {jac:.2f} ({worst})")
-            if name == "descriptions":
-                for pole in "+-":
-                    w = wording([r["text"] for r in sub if r["pole"] == pole])
-                    lines.append(f"{'':37s}pole {pole}: negation {w.negation_share:.2f}, hedge {w.hedge_share:.2f}, {w.mean_words:.1f} words")
-            if name == "dilemmas":
-                for key in ("option_plus", "option_minus"):
-                    w = wording([r[key] for r in sub])
-                    lines.append(f"{'':37s}{key}: negation {w.negation_share:.2f}, hedge {w.hedge_share:.2f}, {w.mean_words:.1f} words")
+            groups = {f"pole {pole}": [r["text"] for r in sub if r["pole"] == pole] for pole in "+-"} if name == "descriptions" else \
+                {key: [r[key] for r in sub] for key in ("option_plus", "option_minus")} if name == "dilemmas" else {}  # fmt: skip
+            for label, group in groups.items():
+                w = wording(group)
+                lines.append(f"{'':37s}{label}: negation {w.negation_share:.2f}, hedge {w.hedge_share:.2f}, {w.mean_words:.1f} words")
     return "\n".join(lines)
 
 

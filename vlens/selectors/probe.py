@@ -108,7 +108,7 @@ def _probe_prompts(ctx: SelectorContext) -> list[Prompt]:
         if meta.get("dataset_sha256") != data.sha256:
             raise ValueError("these statistics were not collected on this value data: for the probe, pass the data "
                              "(data=...) or the prompts (prompts=...) they were collected on")  # fmt: skip
-        dims = list(dict.fromkeys(c.rsplit(":", 1)[0] for c in ctx.stats.classes))
+        dims = ctx.stats.dimensions
         ctx.prompts = build_prompts(
             data, ctx.model, split=meta.get("split", "search"), dimensions=dims, template=meta.get("template", "auto"),
             pairs_per_question=meta.get("pairs_per_question", 7), max_pairs=meta.get("max_pairs"), seed=meta.get("seed", 0),
