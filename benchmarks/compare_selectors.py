@@ -95,7 +95,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 30)
     s = result.summary()
-    cols = ["selector", "dimension", "direction", "size", "gamma", "shift", "random_mean", "random_sd", "z", "p", "kl",
+    cols = ["selector", "steered", "direction", "size", "gamma", "shift", "random_mean", "random_sd", "z", "p", "kl",
             "random_kl", "leakage", "target_delta", "n_fallback"]  # fmt: skip
     print(f"\nconditions evaluated: {result.meta['n_conditions']} in {result.meta['evaluation_wall_s']:.1f} s "
           f"(compare in all {t_compare:.1f} s); instruments {result.meta['instrument_sizes']}")  # fmt: skip

@@ -317,8 +317,7 @@ def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompt
                          prompts=prompts, dilemmas=DILEMMAS[1:], progress=False)  # fmt: skip
     t = result.table
     assert list(t.columns) == TABLE_COLUMNS
-    assert {"selector", "dimension", "direction", "size", "gamma", "metric", "measured", "value"} <= set(t.columns)
-    assert set(t[t.source == "selector"].selector) == set(SELECTORS) and set(t["size"]) == {0, 6}
+    assert set(t[t.source == "value"].selector) == set(SELECTORS) and set(t.loc[t.source != "none", "size"]) == {6}
     assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2  # 2 directions x 2 seeds
     s = result.summary()
     assert len(s) == len(SELECTORS) * 2 and s.z.notna().all() and (s.kl >= 0).all()
@@ -352,7 +351,7 @@ def test_compare_builds_the_reference_sets_of_a_selector_it_does_not_compare(tin
     result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["lape"],
                      instruments=_tiny_instruments(), n_random=2, progress=False)  # fmt: skip
     t = result.table
-    assert set(t[t.source == "selector"].selector) == {"lape"} and set(t[t.source == "random"].selector) == {"delta"}
+    assert set(t[t.source == "value"].selector) == {"lape"} and set(t[t.source == "random"].selector) == {"delta"}
     assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2
     assert list(result.costs.selector) == ["lape"] and {key[0] for key in result.neuron_sets} == {"lape"}
     assert result.summary().z.notna().all()

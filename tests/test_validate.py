@@ -11,6 +11,7 @@ import torch
 import vlens
 from vlens.data import DataFormatError
 from vlens.evaluate import Instruments, evaluate_edits, portrait_scores
+from vlens.experiment import TABLE_COLUMNS
 from vlens.interventions import Edit, value_edit
 from vlens.locate import locate
 from vlens.neurons import random_like
@@ -82,10 +83,12 @@ def test_random_sets_match_layers_and_are_seeded(located):
 
 
 def test_validate_table_and_summary(tmp_path, tiny_llama, located, instruments):
-    result = validate(tiny_llama, located, instruments=instruments, dimensions=["Conservation"], gammas=[1.0], n_random=3,
+    result = validate(tiny_llama, located, instruments=instruments, dimensions=["co"], gammas=[1.0], n_random=3,
                       batch_size=16, progress=False)  # fmt: skip
     t = result.table
-    assert list(t.columns) == ["steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured", "value"]
+    assert result.meta["dimensions"] == ["Conservation"] and set(t.steered) == {"", "Conservation"}  # short names resolve
+    assert list(t.columns) == TABLE_COLUMNS
+    assert set(t.selector) == {"", "delta"} and set(t.loc[t.source != "none", "size"]) == {8}
     assert set(t.source) == {"none", "value", "random"} and set(t["mode"]) >= {"paper", "boost_only", "clamp_only"}
     assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 3  # 2 directions x 3 seeds
     s = result.summary()

@@ -17,8 +17,9 @@ from vlens import viz
 from vlens.activations import tokenize_prompts
 from vlens.data import build_prompts
 from vlens.evaluate import Instruments
+from vlens.experiment import summarise
 from vlens.locate import from_stats, locate
-from vlens.validate import ValidationResult, summarise_table, validate
+from vlens.validate import ValidationResult, validate
 
 REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?https?://|from\s*[\"']https?://", re.IGNORECASE)
 
@@ -215,7 +216,7 @@ def test_cost_and_shift_figures(validation):
     (ax,) = fig.axes
     assert len(ax.collections) == 2  # random edits of each direction
     plus, minus = ax.lines[:2]
-    s = summarise_table(validation.table)
+    s = summarise(validation)
     for line, direction in ((plus, "+"), (minus, "-")):
         paper = s[(s["mode"] == "paper") & (s.direction == direction)].sort_values("gamma")
         np.testing.assert_allclose(line.get_ydata(), paper["shift"], atol=1e-12)
@@ -270,6 +271,22 @@ def test_validation_figures_bad_input(validation):
         viz.shift_vs_kl(t[t.source == "none"])
     with pytest.raises(TypeError, match="ValidationResult"):
         viz.cost_vs_gamma([1, 2, 3])
+
+
+def test_figures_of_a_comparison_pick_one_selector(validation):
+    """A compare table holds several selectors: the figures draw one, with the random controls it is compared with."""
+    t = validation.table
+    other = t[t.source == "value"].assign(selector="lape", value=lambda d: d.value + 0.1)
+    both = pd.concat([t, other], ignore_index=True)
+    with pytest.raises(ValueError, match="several selectors"):
+        viz.shift_vs_kl(both)
+    with pytest.raises(ValueError, match="selector 'probe' is not in the table"):
+        viz.shift_vs_kl(both, selector="probe")
+    (ax,) = viz.shift_vs_kl(both, selector="lape").axes
+    paper = summarise(both).query("selector == 'lape' and mode == 'paper' and direction == '+'").sort_values("gamma")
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), paper["shift"], atol=1e-12)
+    assert len(ax.collections[0].get_offsets()) == 2 * 3  # the shared random controls
+    assert len(viz.orientation_vs_gamma(both, "Conservation", selector="delta", size=8).axes) == 2
 
 
 # ---------------------------------------------------------------------------- output for HTML and Jupyter

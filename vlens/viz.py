@@ -8,8 +8,9 @@ Three kinds of output:
   most, all on one colour scale; :func:`top_prompts` is the same ranking as a table;
 - **figures of a locate run** (matplotlib): :func:`neurons_per_layer`,
   :func:`score_distribution`, :func:`overlap_heatmap`;
-- **figures of a validation** (matplotlib): :func:`orientation_vs_gamma`,
-  :func:`cost_vs_gamma`, :func:`shift_vs_kl`, :func:`leakage_heatmap`.
+- **figures of a validation or a comparison** (matplotlib, any :mod:`vlens.experiment` table; ``selector=``
+  and ``size=`` pick one of a comparison's): :func:`orientation_vs_gamma`, :func:`cost_vs_gamma`,
+  :func:`shift_vs_kl`, :func:`leakage_heatmap`.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through pyplot, so
 nothing here touches pyplot's global state or opens a window: a figure is shown when it is
@@ -39,6 +40,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vlens import experiment
 from vlens.data.prompts import Prompt
 from vlens.locate import LocateResult
 from vlens.models import model_info, tokenize
@@ -60,7 +62,6 @@ _SCORE_LABELS = {
     "welch_t": "Welch t (+ vs -)",
     "entropy": "entropy of activation probability over the poles",
 }
-_TABLE_COLUMNS = ("steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured", "value")
 
 
 class _Figure(Figure):
@@ -510,26 +511,28 @@ def overlap_heatmap(result: LocateResult) -> Figure:
     return fig
 
 
-# ============================================================================ figures of a validation
+# ============================================================================ figures of a validation or comparison
 
 
-def _table(validation: Any) -> pd.DataFrame:
-    """The tidy table of a ValidationResult (or the table itself), missing strings as ""."""
-    table = getattr(validation, "table", validation)
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"expected a ValidationResult or its table (a pandas DataFrame), got {type(validation).__name__}")
-    missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"not a validation table: missing column(s) {', '.join(missing)}")
-    if table.empty:
-        raise ValueError("the validation table is empty")
-    t = table.copy()
-    for c in ("steered", "direction", "source", "mode", "metric", "measured"):  # a CSV round trip makes "" NaN
-        t[c] = t[c].fillna("").astype(str)
-    t["gamma"] = pd.to_numeric(t["gamma"], errors="coerce")
-    t["seed"] = pd.to_numeric(t["seed"], errors="coerce")
-    t["value"] = pd.to_numeric(t["value"], errors="coerce")
-    return t
+def _table(result: Any, selector: str | None = None, size: int | None = None) -> pd.DataFrame:
+    """The tidy table of a ValidationResult, a CompareResult or the table itself, narrowed to one
+    selector and size: the unedited rows, its edits and their random controls."""
+    t = experiment.table_of(result)
+    edits = t[t.source == "value"]
+    selector, size = _pick(edits.selector, selector, "selector"), _pick(edits["size"].dropna(), size, "size")
+    sized = t["size"].isna() if size is None else t["size"] == size
+    controls = experiment.controls(t[(t.source == "random") & sized], selector)
+    keep = ~t.source.isin(["value", "random"]) | ((t.source == "value") & (t.selector == selector) & sized)
+    return t[keep | t.index.isin(controls.index)]
+
+
+def _pick(values: pd.Series, want: Any, name: str) -> Any:
+    have = list(dict.fromkeys(values))
+    if want is None and len(have) > 1:
+        raise ValueError(f"the table has several {name}s ({', '.join(map(str, have))}); pick one with {name}=")
+    if want is not None and want not in have:
+        raise ValueError(f"{name} {want!r} is not in the table (it has {', '.join(map(str, have))})")
+    return have[0] if want is None and have else want
 
 
 def _check_metric(t: pd.DataFrame, metric: str, *, per_dimension: bool | None = None) -> None:
@@ -555,11 +558,12 @@ def _directions(rows: pd.DataFrame) -> list[str]:
     return [d for d in POLES if d in present] + [d for d in present if d not in POLES and d]
 
 
-def _random_band(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd (ddof=1; 0 with one seed) of the random edits per gamma."""
-    g = rows.groupby("gamma")["value"].agg(["mean", "std", "count"]).sort_index()
-    g["std"] = g["std"].fillna(0.0)
-    return g
+def _random_band(ax: Any, rows: pd.DataFrame, color: Any, alpha: float, label: str, **line: Any) -> None:
+    """The random edits' mean per gamma and a band of +/- sd (ddof=1; 0 with one seed)."""
+    if len(rows):
+        g = rows.groupby("gamma")["value"].agg(["mean", "std"]).sort_index().fillna(0.0)
+        ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=alpha, lw=0)
+        ax.plot(g.index, g["mean"], color=color, lw=1, label=f"{label}: mean +/- sd ({rows.seed.nunique()} seeds)", **line)
 
 
 def _baseline(t: pd.DataFrame, metric: str, measured: str) -> float:
@@ -573,7 +577,9 @@ def _direction_title(dim: str, direction: str) -> str:
     )
 
 
-def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orientation") -> Figure:
+def orientation_vs_gamma(
+    validation: Any, dimension: str, *, metric: str = "orientation", selector: str | None = None, size: int | None = None
+) -> Figure:
     """The steered dimension's ``metric`` against gamma, one panel per steering direction.
 
     Each panel: the value edit (paper mode), its boost-only half, the clamp-only half
@@ -581,7 +587,7 @@ def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orie
     seeds (grey band) and the unedited model (dashed). Model-wide metrics (``kl``,
     ``perplexity``, ``position_bias_A``) are drawn the same way.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric)
     dim = _resolve_dimension(dimension, _steered(t), "the validation table (steered)")
     model_wide = (t.loc[t.metric == metric, "measured"] == "").all()
@@ -596,13 +602,7 @@ def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orie
     base = _baseline(t, metric, measured)
     for ax, direction in zip(axes, directions, strict=True):
         sub = rows[rows.direction == direction]
-        rnd = sub[sub.source == "random"]
-        if len(rnd):
-            band = _random_band(rnd)
-            n = int(rnd.seed.nunique())
-            ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"], color=_RANDOM_COLOR,
-                            alpha=0.25, lw=0, label=f"random sets: mean +/- sd ({n} seeds)")  # fmt: skip
-            ax.plot(band.index, band["mean"], color=_RANDOM_COLOR, lw=1)
+        _random_band(ax, sub[sub.source == "random"], _RANDOM_COLOR, 0.25, "random sets")
         for mode, style in _MODE_STYLE.items():
             v = sub[(sub.source == "value") & (sub["mode"] == mode)].sort_values("gamma")
             if len(v):
@@ -622,11 +622,11 @@ def orientation_vs_gamma(validation: Any, dimension: str, *, metric: str = "orie
     return fig
 
 
-def cost_vs_gamma(validation: Any, *, metric: str = "kl") -> Figure:
+def cost_vs_gamma(validation: Any, *, metric: str = "kl", selector: str | None = None, size: int | None = None) -> Figure:
     """Capability cost (``kl``: mean KL divergence from the unedited model, nats; or ``perplexity``)
     against gamma: value edits (paper mode) and random edits' mean +/- sd, per direction, one panel
     per steered dimension."""
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=False)
     dims = _steered(t)
     fig = _figure(max(6.0, 1.0 + 4.2 * len(dims)), 4.6)
@@ -637,13 +637,7 @@ def cost_vs_gamma(validation: Any, *, metric: str = "kl") -> Figure:
         for direction in _directions(rows):
             sub = rows[rows.direction == direction]
             color = POLE_COLORS.get(direction, "C2")
-            rnd = sub[sub.source == "random"]
-            if len(rnd):
-                band = _random_band(rnd)
-                ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"], color=color,
-                                alpha=0.15, lw=0)  # fmt: skip
-                ax.plot(band.index, band["mean"], color=color, ls="--", lw=1,
-                        label=f"random sets toward {direction}: mean +/- sd ({rnd.seed.nunique()} seeds)")  # fmt: skip
+            _random_band(ax, sub[sub.source == "random"], color, 0.15, f"random sets toward {direction}", ls="--")
             v = sub[(sub.source == "value") & (sub["mode"] == "paper")].sort_values("gamma")
             if len(v):
                 ax.plot(v.gamma, v.value, color=color, marker="o", label=f"value edit toward {direction}")
@@ -658,20 +652,10 @@ def cost_vs_gamma(validation: Any, *, metric: str = "kl") -> Figure:
     return fig
 
 
-def _paired(t: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
-    """Per edited condition: the steered dimension's ``metric`` shift (signed toward the direction) and its cost."""
-    keys = ["steered", "direction", "source", "mode", "gamma", "seed"]
-    edited = t[t.source != "none"].assign(seed=lambda d: d.seed.fillna(-1))
-    effect = edited[(edited.metric == metric) & (edited.measured == edited.steered)]
-    costs = edited[edited.metric == cost][keys + ["value"]].rename(columns={"value": "cost"})
-    out = effect.merge(costs, on=keys, how="left")
-    base = t[(t.source == "none") & (t.metric == metric)].groupby("measured")["value"].mean()
-    sign = np.where(out.direction == "-", -1.0, 1.0)
-    out["shift"] = sign * (out.value - out.steered.map(base).astype(float))
-    return out
-
-
-def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl", modes: Sequence[str] = ("paper",)) -> Figure:
+def shift_vs_kl(
+    validation: Any, *, metric: str = "orientation", cost: str = "kl", modes: Sequence[str] = ("paper",),
+    selector: str | None = None, size: int | None = None,
+) -> Figure:  # fmt: skip
     """Orientation shift against capability cost, so that steering can be told from breaking.
 
     Every edit is one point: y is the change of the steered dimension's ``metric`` from the
@@ -681,11 +665,11 @@ def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl
     further than the random edits *at the same cost* is steering; one that only matches
     them is breaking. One panel per steered dimension.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _check_metric(t, cost, per_dimension=False)
     dims = _steered(t)
-    data = _paired(t, metric, cost)
+    data = experiment.per_condition(t, metric, cost)
     fig = _figure(max(6.0, 1.0 + 4.4 * len(dims)), 4.8)
     axes = fig.subplots(1, len(dims), squeeze=False)[0]
     markers = {"paper": "o", "boost_only": "s", "clamp_only": "D"}
@@ -715,7 +699,10 @@ def shift_vs_kl(validation: Any, *, metric: str = "orientation", cost: str = "kl
     return fig
 
 
-def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str = "orientation", mode: str = "paper") -> Figure:
+def leakage_heatmap(
+    validation: Any, *, gamma: float | None = None, metric: str = "orientation", mode: str = "paper",
+    selector: str | None = None, size: int | None = None,
+) -> Figure:  # fmt: skip
     """Change of ``metric`` from the unedited model in every measured dimension, for every steered
     dimension and direction, at one ``gamma`` (default: the largest), value edits of ``mode``.
 
@@ -723,7 +710,7 @@ def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str 
     toward the measured dimension's ``+`` pole. The steered dimension's own cell is outlined;
     every other cell is leakage.
     """
-    t = _table(validation)
+    t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _steered(t)
     edited = t[(t.source == "value") & (t["mode"] == mode) & (t.metric == metric)]
@@ -741,13 +728,9 @@ def leakage_heatmap(validation: Any, *, gamma: float | None = None, metric: str 
     at = edited[np.isclose(edited.gamma, gamma)]
     base = t[(t.source == "none") & (t.metric == metric)].groupby("measured", sort=False)["value"].mean()
     measured = [m for m in base.index if m] + [m for m in dict.fromkeys(at.measured) if m and m not in base.index]
-    conditions = list(dict.fromkeys(zip(at.steered, at.direction, strict=True)))
-    grid = np.full((len(conditions), len(measured)), np.nan)
-    for i, (s, d) in enumerate(conditions):
-        vals = at[(at.steered == s) & (at.direction == d)].groupby("measured")["value"].mean()
-        for j, m in enumerate(measured):
-            if m in vals.index and m in base.index:
-                grid[i, j] = vals[m] - base[m]
+    change = at.assign(change=at.value - at.measured.map(base))
+    changes = change.pivot_table("change", ["steered", "direction"], "measured", sort=False).reindex(columns=measured)
+    conditions, grid = list(changes.index), changes.to_numpy(dtype=float)
     span = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
     span = span if span > 0 else 1e-6
     fig = _figure(max(7.0, 3.4 + 1.5 * len(measured)), 2.4 + 0.55 * len(conditions))
@@ -780,7 +763,7 @@ def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figur
     s = result.summary(metric)
     names = result.meta.get("selectors") or sorted(s.selector.unique())
     colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
-    panels = [(d, g) for d in s.dimension.unique() for g in sorted(s.gamma.unique())]
+    panels = [(d, g) for d in s.steered.unique() for g in sorted(s.gamma.unique())]
     figs: dict[str, Any] = {}
 
     fig = _figure(10, 3.2 * len(panels))
@@ -788,7 +771,7 @@ def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figur
     for row, (dim, gamma) in enumerate(panels):
         for col, direction in enumerate(POLES):
             ax = axes[row][col]
-            part = s[(s.dimension == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
+            part = s[(s.steered == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
             ref = part.drop_duplicates("size")
             ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd, color="0.85",
                             label="random (mean +- sd)")  # fmt: skip
@@ -803,21 +786,16 @@ def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figur
     axes[0][0].legend(fontsize=7)
     figs["shift_by_size"] = fig
 
-    dims = list(s.dimension.unique())
+    dims = list(s.steered.unique())
     fig = _figure(5 * len(dims), 4)
     axes = fig.subplots(1, len(dims), squeeze=False)[0]
-    t = result.table
-    base = t[(t.source == "none") & (t.metric == metric)].set_index("measured")["value"]
+    edits = experiment.per_condition(result, metric)
     for ax, dim in zip(axes, dims, strict=True):
-        rnd = t[(t.source == "random") & (t.dimension == dim)]
-        key = ["direction", "size", "gamma", "seed", "selector"]
-        r_m = rnd[(rnd.metric == metric) & (rnd.measured == dim)].set_index(key)["value"]
-        r_kl = rnd[rnd.metric == "kl"].set_index(key)["value"]
-        sign = r_m.index.get_level_values("direction").map({"+": 1.0, "-": -1.0}).to_numpy()
-        ax.scatter(r_kl.reindex(r_m.index), sign * (r_m - base.get(dim, math.nan)), marker="x", color="0.6", label="random")
+        rnd = edits[(edits.source == "random") & (edits.steered == dim)]
+        ax.scatter(rnd.cost, rnd["shift"], marker="x", color="0.6", label="random")
         for name in names:
             for direction, marker in (("+", "o"), ("-", "v")):
-                p = s[(s.dimension == dim) & (s.selector == name) & (s.direction == direction)]
+                p = s[(s.steered == dim) & (s.selector == name) & (s.direction == direction)]
                 ax.scatter(p.kl, p["shift"], marker=marker, color=colors[name], label=f"{name} {direction}")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("KL to the unedited model (nats/token)")

@@ -24,9 +24,10 @@ ranks fewer (LAPE's activity filter, the probe's zero weights), the set is fille
 fallback ranking and ``params["n_fallback"]`` says how many neurons came from it.
 """
 
+from vlens.experiment import TABLE_COLUMNS
 from vlens.selectors.attribution import AttributionOptions, AttributionScores, attribution_scores, dilemma_metric_rows
 from vlens.selectors.base import Cost, Selector, SelectorContext, random_like
-from vlens.selectors.compare import DEFAULT_SIZES, TABLE_COLUMNS, CompareResult, compare, set_sizes, summarise_compare
+from vlens.selectors.compare import DEFAULT_SIZES, CompareResult, compare, set_sizes
 from vlens.selectors.lape import LapeOptions, LapeScores, lape_scores
 from vlens.selectors.probe import ProbeOptions, ProbeScores, pooled_features, probe_scores
 from vlens.selectors.registry import SELECTORS, select_neurons
@@ -34,4 +35,4 @@ from vlens.selectors.registry import SELECTORS, select_neurons
 __all__ = ["DEFAULT_SIZES", "SELECTORS", "TABLE_COLUMNS", "AttributionOptions", "AttributionScores", "CompareResult",
     "Cost", "LapeOptions", "LapeScores", "ProbeOptions", "ProbeScores", "Selector", "SelectorContext",
     "attribution_scores", "compare", "dilemma_metric_rows", "lape_scores", "pooled_features", "probe_scores",
-    "random_like", "select_neurons", "set_sizes", "summarise_compare"]  # fmt: skip
+    "random_like", "select_neurons", "set_sizes"]  # fmt: skip

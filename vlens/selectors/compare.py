@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -15,11 +16,12 @@ import pandas as pd
 
 from vlens._io import atomic_write, sha256_json, vlens_version, write_json
 from vlens.data import Prompt, ValueData
-from vlens.evaluate import Instruments, evaluate_edits, metric_rows
-from vlens.interventions import Edit, _check_set, value_edit
+from vlens.evaluate import Instruments
+from vlens.experiment import check_design, run, steering_conditions, summarise
+from vlens.interventions import _check_set
 from vlens.locate import LocateResult
 from vlens.models import model_info
-from vlens.neurons import NeuronSet, provenance_of, random_like
+from vlens.neurons import NeuronSet, provenance_of
 from vlens.selectors.attribution import AttributionOptions
 from vlens.selectors.base import Selector, SelectorContext, run_selector
 from vlens.selectors.probe import ProbeOptions
@@ -30,7 +32,6 @@ from vlens.values import POLES
 from vlens.values import dimension as dimension_of
 
 DEFAULT_SIZES = (0.001, 0.005, 0.01, 0.02)
-TABLE_COLUMNS = ["selector", "source", "dimension", "direction", "size", "gamma", "seed", "metric", "measured", "value"]
 
 
 @dataclass
@@ -44,8 +45,11 @@ class CompareResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def summary(self, metric: str = "orientation") -> pd.DataFrame:
-        return summarise_compare(self.table, metric=metric, each=self.meta.get("random_match") == "each",
-                                 sets=self.neuron_sets)  # fmt: skip
+        """:func:`vlens.experiment.summarise`, with the mean directed delta of each target set and its fallback count."""
+        s = summarise(self.table, metric)
+        sets = [self.neuron_sets.get((r.selector, r.steered, r.direction, int(r.size))) for r in s.itertuples()]
+        return s.assign(target_delta=[float(ns.delta.mean()) if ns and ns.delta is not None else math.nan for ns in sets],
+                        n_fallback=[int(ns.params.get("n_fallback", 0)) if ns else 0 for ns in sets])  # fmt: skip
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
@@ -88,7 +92,7 @@ def compare(
     built, and the paper's edit (``value_edit``, mode ``paper``, toward ``+`` and toward
     ``-``: the target pole's set boosted, the other clamped) is evaluated at every gamma,
     together with ``n_random`` random edits per dimension, direction, size and gamma, all
-    in one :func:`~vlens.evaluate.evaluate_edits` call with the same Bernoulli seeds.
+    in one :func:`vlens.experiment.run` (batched; data-parallel under torchrun), same Bernoulli seeds.
     Random controls and the ``random`` selector are layer-matched to the sets of
     ``random_match`` (a selector name, default the paper's ``delta``; ``"each"``: every
     selector gets its own controls; ``None``: uniform), excluding those sets' neurons.
@@ -105,11 +109,7 @@ def compare(
     funcs: dict[str, Selector] = dict(selectors) if isinstance(selectors, Mapping) else {}
     for name in names:
         funcs[name] = funcs.get(name) or get_selector(name)
-    if n_random < 2:
-        raise ValueError(f"n_random must be at least 2 (a z-score needs a spread), got {n_random}")
-    gammas = [float(g) for g in gammas]
-    if not gammas or not all(math.isfinite(g) for g in gammas):
-        raise ValueError(f"gammas must be finite numbers, got {gammas}")
+    gammas = check_design(gammas, n_random)
     if random_match not in (None, "each") and random_match not in SELECTORS and random_match not in funcs:
         raise ValueError(f"random_match must be a selector name, 'each' or None, got {random_match!r}")
     ref_name = random_match if random_match not in (None, "each") else None
@@ -146,34 +146,23 @@ def compare(
     for ns in sets.values():
         _check_set(shape, ns, model)
 
-    # 2. the edits: unedited, every selector's paper edit, the random controls
-    rows_meta: list[dict[str, Any]] = [{"selector": "none", "source": "none", "dimension": "", "direction": "", "size": 0,
-                                        "gamma": None, "seed": None}]  # fmt: skip
-    edits = [Edit.identity(*shape, label="unedited")]
+    # 2. the conditions: every selector's paper edit, then the random controls (one shared pool, or one per selector)
     pools = names if random_match == "each" else [ref_name or "uniform"]
-    for dim in dims:
-        for k in ks:
-            for direction in POLES:
-                other = "-" if direction == "+" else "+"
-                for gamma in gammas:
-                    for name in names:
-                        target, opposing = sets[(name, dim, direction, k)], sets[(name, dim, other, k)]
-                        rows_meta.append({"selector": name, "source": "selector", "dimension": dim, "direction": direction,
-                                          "size": k, "gamma": gamma, "seed": None})  # fmt: skip
-                        edits.append(value_edit(shape, target, opposing, gamma, mode="paper", keep_prob=keep_prob, seed=seed))
-                    for pool in pools:
-                        for r in range(n_random):
-                            rs = seed * 100_003 + r
-                            rt, ro = _random_pair(stats, sets, pool, dim, direction, k, rs)
-                            rows_meta.append({"selector": pool, "source": "random", "dimension": dim, "direction": direction,
-                                              "size": k, "gamma": gamma, "seed": r})  # fmt: skip
-                            edits.append(value_edit(shape, rt, ro, gamma, mode="paper", keep_prob=keep_prob, seed=rs))
+    conditions = []
+    for dim, k, direction, gamma in itertools.product(dims, ks, POLES, gammas):
+        other = "-" if direction == "+" else "+"
+        for name in names:
+            conditions += steering_conditions(shape, sets[(name, dim, direction, k)], sets[(name, dim, other, k)], [gamma],
+                                              selector=name, keep_prob=keep_prob, seed=seed)  # fmt: skip
+        for pool in pools:
+            like = names[0] if pool == "uniform" else pool  # a uniform draw takes only the labels of its sets
+            draw = partial(_uniform_pair, stats, dim, direction, k) if pool == "uniform" else None
+            conditions += steering_conditions(shape, sets[(like, dim, direction, k)], sets[(like, dim, other, k)], [gamma],
+                                              modes=(), n_random=n_random, selector=pool, stats=stats, draw=draw,
+                                              keep_prob=keep_prob, seed=seed)  # fmt: skip
     start = time.perf_counter()
-    metrics = evaluate_edits(model, edits, instruments, batch_size=batch_size, progress=progress)
+    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress)
     eval_s = time.perf_counter() - start
-
-    rows = [row for base, m in zip(rows_meta, metrics, strict=True) for row in metric_rows(base, m)]
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
     overlap = pd.DataFrame(
         [{"dimension": dim, "pole": pole, "size": k, "selector_a": a, "selector_b": b,
@@ -185,7 +174,7 @@ def compare(
         "model": info.to_dict(), "vlens_version": vlens_version(), "provenance": provenance_of(stats), "dimensions": dims,
         "sizes": ks, "size_fractions": [k / (len(stats.layers) * stats.d_mlp) for k in ks], "selectors": names,
         "gammas": gammas, "n_random": n_random, "random_match": random_match, "keep_prob": keep_prob, "seed": seed,
-        "probe_C": probe_C, "n_conditions": len(edits), "evaluation_wall_s": eval_s,
+        "probe_C": probe_C, "n_conditions": len(conditions) + 1, "evaluation_wall_s": eval_s,
         "instrument_sizes": {k: len(v) for k, v in vars(instruments).items()}, "instruments_sha256": sha256_json(vars(instruments)),
         "attribution_dilemmas": sorted(d.get("id", "") for d in dilemmas) if dilemmas is not None else None,
         "sets": {f"{s}|{d}|{p}|{k}": ns.params for (s, d, p, k), ns in sets.items() if s in names},
@@ -194,60 +183,8 @@ def compare(
     return CompareResult(table, overlap, costs, kept, meta)
 
 
-def _random_pair(stats: NeuronStats, sets: dict, pool: str, dim: str, direction: str, k: int, rs: int) -> tuple[NeuronSet, NeuronSet]:
-    """A random target and opposing set for one control, layer-matched to ``pool``'s sets (or uniform)."""
+def _uniform_pair(stats: NeuronStats, dim: str, direction: str, k: int, *seeds: int) -> tuple[NeuronSet, NeuronSet]:
+    """Random target and opposing sets of ``k`` neurons, uniform over the statistics' layers (``random_match=None``)."""
     other = "-" if direction == "+" else "+"
-    if pool == "uniform":
-        return (random_selector(SelectorContext(stats, seed=rs), dim, direction, k),
-                random_selector(SelectorContext(stats, seed=rs + 50_000), dim, other, k))  # fmt: skip
-    target, opposing = sets[(pool, dim, direction, k)], sets[(pool, dim, other, k)]
-    value_mask = target.mask() | opposing.mask()
-    rt = random_like(target, rs, stats=stats, exclude=value_mask)
-    ro = random_like(opposing, rs + 50_000, stats=stats, exclude=value_mask | rt.mask())
-    return rt, ro
-
-
-def summarise_compare(
-    table: pd.DataFrame, metric: str = "orientation", *, each: bool = False, sets: Mapping | None = None
-) -> pd.DataFrame:
-    """One row per (selector, dimension, direction, size, gamma).
-
-    ``shift``: change of the steered dimension's ``metric`` from the unedited model, signed
-    toward the steering direction; ``random_mean`` / ``random_sd`` / ``z`` / ``p`` (one-sided
-    empirical) against the random edits of the same dimension, direction, size and gamma
-    (those matched to this selector when ``each``); ``kl`` the capability cost beside the
-    random edits' ``random_kl``; ``leakage`` the mean absolute shift of the other dimensions.
-    With ``sets``, the mean directed delta of the target set and how many neurons came from
-    a selector's fallback ranking.
-    """
-    base = table[table.source == "none"]
-    ref = base[base.metric == metric].set_index("measured")["value"]
-    out = []
-    sel = table[table.source == "selector"]
-    rnd_all = table[table.source == "random"]
-    for (name, dim, direction, k, gamma), group in sel.groupby(["selector", "dimension", "direction", "size", "gamma"], sort=False):
-        sign = 1.0 if direction == "+" else -1.0
-        rnd = rnd_all[(rnd_all.dimension == dim) & (rnd_all.direction == direction) & (rnd_all["size"] == k)
-                      & (rnd_all.gamma == gamma) & ((rnd_all.selector == name) if each else True)]  # fmt: skip
-        rshift = sign * (rnd[(rnd.metric == metric) & (rnd.measured == dim)]["value"] - ref.get(dim, float("nan")))
-        rkl = rnd[rnd.metric == "kl"]["value"]
-        m = group[group.metric == metric].set_index("measured")["value"]
-        if dim not in m:
-            continue
-        shift = sign * (m[dim] - ref[dim])
-        others = [d for d in m.index if d != dim and d in ref]
-        kl = group[group.metric == "kl"]["value"]
-        mean, sd = (float(rshift.mean()), float(rshift.std(ddof=1))) if len(rshift) >= 2 else (math.nan, math.nan)
-        row = {"selector": name, "dimension": dim, "direction": direction, "size": k, "gamma": gamma, "metric": metric,
-               "baseline": ref[dim], "edited": m[dim], "shift": shift, "random_mean": mean, "random_sd": sd,
-               "z": (shift - mean) / sd if sd > 0 else float("nan"),
-               "p": (1 + int((rshift >= shift).sum())) / (1 + len(rshift)) if len(rshift) else float("nan"),
-               "kl": float(kl.iloc[0]) if len(kl) else float("nan"),
-               "random_kl": float(rkl.mean()) if len(rkl) else float("nan"), "n_random": len(rshift),
-               "leakage": float(sum(abs(m[d] - ref[d]) for d in others) / len(others)) if others else float("nan")}  # fmt: skip
-        if sets is not None and (name, dim, direction, k) in sets:
-            ns = sets[(name, dim, direction, k)]
-            row["target_delta"] = float(ns.delta.mean()) if ns.delta is not None and len(ns) else float("nan")
-            row["n_fallback"] = int(ns.params.get("n_fallback", 0))
-        out.append(row)
-    return pd.DataFrame(out)
+    return (random_selector(SelectorContext(stats, seed=seeds[0]), dim, direction, k),
+            random_selector(SelectorContext(stats, seed=seeds[1]), dim, other, k))  # fmt: skip
