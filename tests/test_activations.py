@@ -117,6 +117,34 @@ def test_merge_save_load_and_resume(tmp_path, tiny_llama, prompts):
         assert calls["n"] == 3  # the interrupted run stopped in its third batch
 
 
+def test_a_crash_at_any_write_boundary_resumes_exactly(tmp_path, tiny_llama, prompts, monkeypatch):
+    """Issue 15: a crash between the statistics write and the counter write once counted batches twice.
+    Crash at every file replace of the checkpointing (each atomic write's rename), then resume."""
+    import os
+
+    import vlens._io
+
+    fresh = collect_stats(tiny_llama, prompts[:8], batch_size=2, progress=False)
+    real_replace = os.replace
+    for crash_at in range(1, 8):
+        calls = {"n": 0}
+
+        def replace(src, dst, calls=calls, crash_at=crash_at):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise KeyboardInterrupt  # the process dies just before this rename
+            return real_replace(src, dst)
+
+        ckpt = tmp_path / f"ckpt-{crash_at}"
+        monkeypatch.setattr(vlens._io.os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            collect_stats(tiny_llama, prompts[:8], batch_size=2, progress=False, checkpoint_dir=ckpt, checkpoint_every=1)
+        monkeypatch.setattr(vlens._io.os, "replace", real_replace)
+        resumed = collect_stats(tiny_llama, prompts[:8], batch_size=2, progress=False, checkpoint_dir=ckpt, checkpoint_every=1)
+        assert resumed.equal(fresh, rtol=1e-12, atol=1e-12), f"crash before rename {crash_at}"
+        assert resumed.prompts.sum() == 8
+
+
 def test_merge_refuses_other_hook(tiny_llama, prompts):
     a = collect_stats(tiny_llama, prompts[:4], progress=False)
     b = collect_stats(tiny_llama, prompts[:4], hook="gate", progress=False)

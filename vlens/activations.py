@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlens._io import read_json, write_json
+from vlens._io import load_tensors, read_json, save_tensors, write_json
 from vlens.data.prompts import Prompt
 from vlens.models import model_info, tokenize
 from vlens.runner import Batch, activation_fn, check_layers, forward, generate, hook_name, resolve_hook, run_prefixes
@@ -191,12 +191,9 @@ def collect_stats(
 
     done = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt and (ckpt / "progress.json").exists():
-        state = read_json(ckpt / "progress.json")
-        if state.get("plan") == plan:
-            stats = NeuronStats.load(ckpt / "stats")
-            stats = stats.to(device)
-            done = state["batches_done"]
+    if ckpt:
+        stats, done = _resume_or_start(ckpt, plan, len(batches), stats)
+        stats = stats.to(device)
 
     act = activation_fn(model, hook)
     weights_box: dict[str, Tensor] = {}
@@ -238,14 +235,34 @@ def collect_stats(
                 stats.add_token_counts(weights, row_cls)
             bar.update(1)
             if ckpt and ((b + 1) % checkpoint_every == 0 or b + 1 == len(batches)):
-                stats.save(ckpt / "stats")
-                write_json(ckpt / "progress.json", {"plan": plan, "batches_done": b + 1, "batches": len(batches)})
+                _save_checkpoint(ckpt, stats, b + 1)
     finally:
         bar.close()
     empty = [c for c, n in zip(classes, stats.tokens.tolist(), strict=True) if n == 0]
     if empty and not fixed_classes:
         raise ValueError(f"no tokens were recorded for class(es) {empty} under scope {scope!r}")
     return stats
+
+
+def _resume_or_start(ckpt: Path, plan: str, total: int, empty: NeuronStats) -> tuple[NeuronStats, int]:
+    """The checkpoint's statistics and batch count if it belongs to this ``plan``; else a fresh start
+    (the old statistics removed BEFORE the new plan is recorded, so they can never be taken for it)."""
+    files = [ckpt / "progress.json", ckpt / "stats.safetensors", ckpt / "stats.json"]
+    if all(f.exists() for f in files) and read_json(files[0]).get("plan") == plan:
+        tensors, _ = load_tensors(ckpt / "stats", kind="NeuronStats")
+        if "batches_done" in tensors:
+            return NeuronStats.load(ckpt / "stats"), int(tensors["batches_done"])
+    for f in files[1:]:
+        f.unlink(missing_ok=True)
+    write_json(files[0], {"plan": plan, "batches": total})
+    return empty, 0
+
+
+def _save_checkpoint(ckpt: Path, stats: NeuronStats, done: int) -> None:
+    """The statistics and the count of batches in them, in ONE atomic file write (the counter is a
+    tensor beside the sums), so a crash at any point leaves a checkpoint that resumes exactly."""
+    meta = {"classes": stats.classes, "layers": stats.layers, "d_mlp": stats.d_mlp, "meta": stats.meta}
+    save_tensors(ckpt / "stats", stats.tensors() | {"batches_done": torch.tensor(done)}, meta, kind="NeuronStats")
 
 
 def _progress(total: int, *, initial: int, enabled: bool, desc: str) -> Any:
