@@ -84,7 +84,8 @@ def test_selection_rules():
 
 
 def test_selection_parse_errors():
-    for bad in ("top_k", "top_k:abc", "nearest:3", "top_k:3,everywhere", "top_frac:2"):
+    for bad in ("top_k", "top_k:abc", "nearest:3", "top_k:3,everywhere", "top_frac:2", "paper:x", "threshold:nan",
+                "top_k:3,score=bogus"):
         with pytest.raises(ValueError):
             Selection.parse(bad)
 
@@ -102,3 +103,24 @@ def test_neuron_set_save_load_overlap(tmp_path):
         NeuronSet("D", "+", torch.tensor([0]), torch.tensor([5]), torch.tensor([1.0]), 2, 3)
     with pytest.raises(ValueError, match="unknown pole"):
         NeuronSet("D", "x", torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), 2, 3)
+
+
+def test_indices_edited_after_construction_are_refused():
+    """Issue 15: a negative index set after construction used to wrap around (neuron -5 became 91)."""
+    stats, _ = hand_stats()
+    ns = select(stats, "D", "+", "top_k:2")
+    ns.neurons[0] = -1
+    for use in (ns.mask, ns.counts_per_layer):
+        with pytest.raises(ValueError, match="neuron indices must be in 0..2"):
+            use()
+
+
+def test_an_empty_selection_is_refused_before_any_edit():
+    """Issue 15: `threshold:2` kept no neuron and the empty sets were validated anyway (z = nan)."""
+    from vlens.interventions import _check_set
+
+    stats, _ = hand_stats()
+    empty = select(stats, "D", "+", "threshold:2")
+    assert len(empty) == 0 and empty.params["largest_score"] == pytest.approx(max(select(stats, "D", "+", "top_k:1").scores))
+    with pytest.raises(ValueError, match=r"D:\+ is empty: the selection \(threshold 2.0, score delta\).*largest score 1\.0"):
+        _check_set((2, 3), empty)

@@ -78,6 +78,12 @@ class Edit:
 
 
 def _check_set(model_shape: tuple[int, int], ns: NeuronSet, model: Any | None = None) -> None:
+    ns.check()
+    if not len(ns):
+        p = ns.params
+        rule = p.get("rule", ns.method) + (f" {p['threshold']}" if p.get("rule") == "threshold" else "")
+        raise ValueError(f"neuron set {ns.name} is empty: the selection ({rule}, score {p.get('score', ns.method)}) kept no neuron "
+                         f"(largest score {p.get('largest_score')}); choose a lower threshold or a top_k rule")  # fmt: skip
     n_layers, d_mlp = model_shape
     if (ns.n_layers, ns.d_mlp) != (n_layers, d_mlp):
         raise ValueError(
@@ -96,7 +102,7 @@ def _check_set(model_shape: tuple[int, int], ns: NeuronSet, model: Any | None = 
 
 def _located_at(*sets: NeuronSet | None) -> str:
     """The hook family the sets were located at; an edit acts there."""
-    hooks = {ns.provenance.get("hook", "post") for ns in sets if ns is not None}
+    hooks = {ns.check().provenance.get("hook", "post") for ns in sets if ns is not None}
     if len(hooks) > 1:
         raise ValueError(f"these neuron sets were located at different hook points ({sorted(hooks)}); edit them separately")
     return hooks.pop() if hooks else "post"

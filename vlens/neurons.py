@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vlens._io import load_tensors, save_tensors
-from vlens.scores import score
+from vlens.scores import SCORES, score
 from vlens.stats import NeuronStats, class_label
 from vlens.values import check_pole
 
@@ -44,8 +45,10 @@ class Selection:
             raise ValueError(f"selection rule {self.rule!r} needs k >= 1, got {self.k}")
         if self.rule == "top_frac" and not (self.frac is not None and 0 < self.frac <= 1):
             raise ValueError(f"selection rule 'top_frac' needs 0 < frac <= 1, got {self.frac}")
-        if self.rule in {"paper", "threshold"} and self.threshold is None:
-            raise ValueError(f"selection rule {self.rule!r} needs a threshold")
+        if self.rule in {"paper", "threshold"} and (self.threshold is None or not math.isfinite(self.threshold)):
+            raise ValueError(f"selection rule {self.rule!r} needs a finite threshold, got {self.threshold}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown selection score {self.score!r}; expected one of {', '.join(SCORES)}")
 
     @classmethod
     def paper(cls) -> Selection:
@@ -60,6 +63,8 @@ class Selection:
         kwargs: dict[str, Any] = {"rule": rule, "k": None, "threshold": None}
         try:
             if rule == "paper":
+                if value:
+                    raise ValueError(f"the paper's rule takes no value (it is top 2,000 plus delta >= 0.1), got {value!r}")
                 kwargs.update(k=2000, threshold=0.1)
             elif rule == "top_k":
                 kwargs["k"] = int(value)
@@ -103,10 +108,17 @@ class NeuronSet:
     def __post_init__(self) -> None:
         check_pole(self.pole)
         self.layers, self.neurons = self.layers.long().cpu(), self.neurons.long().cpu()
-        if len(self.layers) and (self.layers.min() < 0 or self.layers.max() >= self.n_layers):
-            raise ValueError(f"NeuronSet layers must be in 0..{self.n_layers - 1}, got {self.layers.min()}..{self.layers.max()}")
-        if len(self.neurons) and (self.neurons.min() < 0 or self.neurons.max() >= self.d_mlp):
-            raise ValueError(f"NeuronSet neuron indices must be in 0..{self.d_mlp - 1}, got {self.neurons.min()}..{self.neurons.max()}")
+        self.check()
+
+    def check(self) -> NeuronSet:
+        """Refuse indices out of range; every user of the indices calls it, since they may be edited
+        after construction (a negative index would otherwise silently wrap around)."""
+        for name, values, size in (("layers", self.layers, self.n_layers), ("neuron indices", self.neurons, self.d_mlp)):
+            if len(values) and (values.min() < 0 or values.max() >= size):
+                raise ValueError(f"NeuronSet {self.dimension}:{self.pole} {name} must be in 0..{size - 1}, got {int(values.min())}..{int(values.max())}")
+        if len(self.layers) != len(self.neurons):
+            raise ValueError(f"NeuronSet {self.dimension}:{self.pole} has {len(self.layers)} layers but {len(self.neurons)} neuron indices")
+        return self
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -116,11 +128,13 @@ class NeuronSet:
         return class_label(self.dimension, self.pole)
 
     def mask(self) -> Bool[Tensor, "layer neuron"]:
+        self.check()
         m = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.bool)
         m[self.layers, self.neurons] = True
         return m
 
     def counts_per_layer(self) -> Int[Tensor, " layer"]:
+        self.check()
         return torch.bincount(self.layers, minlength=self.n_layers)
 
     def jaccard(self, other: NeuronSet) -> float:
@@ -218,8 +232,14 @@ def select(
         dimension, pole, stat_layers[layer_idx.cpu()], neuron_idx, values[layer_idx, neuron_idx],
         n_layers=int(stats.meta.get("model", {}).get("n_layers", max(stats.layers) + 1)), d_mlp=stats.d_mlp,
         act_prob=prob[layer_idx, neuron_idx], p95=p95, delta=delta[layer_idx, neuron_idx],
-        method=selection.score, params=selection.to_dict(), provenance=dict(provenance or provenance_of(stats)),
+        method=selection.score, params=selection.to_dict() | {"largest_score": _largest(values)},
+        provenance=dict(provenance or provenance_of(stats)),
     )  # fmt: skip
+
+
+def _largest(values: Tensor) -> float | None:
+    finite = values[torch.isfinite(values)]
+    return float(finite.max()) if len(finite) else None
 
 
 def provenance_of(stats: NeuronStats) -> dict[str, Any]:
