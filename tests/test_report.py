@@ -49,3 +49,20 @@ def test_report_renders_offline_in_chromium(tiny_run_dir, tmp_path):
     from_page = [j for j in jobs if j.get("initiator") != "not an origin"]
     remote = sorted({j["url"] for j in from_page if not j["url"].startswith(("file:", "data:", "blob:"))})
     assert remote == [], f"the report made network requests: {remote[:5]}"
+
+
+def test_a_cut_or_missing_validation_is_refused(tiny_run_dir, tmp_path, capsys):
+    """Issue 15: a validation.csv cut in half gave a wrong report with exit 0; a deleted
+    validation/ silently dropped the section. Both are now one-line errors naming the file."""
+    from vlens.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    csv = run / "validation" / "validation.csv"
+    lines = csv.read_text().splitlines(keepends=True)
+    csv.write_text("".join(lines[: len(lines) // 2]))
+    assert main(["report", str(run)]) == 2
+    assert "validation.csv does not match validation.json" in capsys.readouterr().err
+    shutil.rmtree(run / "validation")
+    assert main(["report", str(run)]) == 2
+    assert "validation.json does not exist" in capsys.readouterr().err

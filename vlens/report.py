@@ -43,7 +43,6 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def markdown_summary(run_dir: str | os.PathLike) -> str:
     from vlens.locate import LocateResult
-    from vlens.validate import ValidationResult
 
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "run.json")
@@ -54,8 +53,7 @@ def markdown_summary(run_dir: str | os.PathLike) -> str:
     if (run_dir / "locate" / "locate.json").exists():
         loc = LocateResult.load(run_dir / "locate")
         lines += ["## Neuron sets", "", "```", loc.summary(), "```", ""]
-    if (run_dir / "validation" / "validation.csv").exists():
-        v = ValidationResult.load(run_dir / "validation")
+    if (v := _validation(run_dir, meta)) is not None:
         head = headline(v.summary())
         lines += ["## Causal validation (paper edit against size-matched random edits)", "",
                   "`shift`: change of the steered dimension's forced-choice orientation from the unedited model, signed "
@@ -63,6 +61,16 @@ def markdown_summary(run_dir: str | os.PathLike) -> str:
                   "`leakage`: mean absolute change of the other dimensions.", "",
                   markdown_table(head) if len(head) else "(no value edits)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _validation(run_dir: Path, meta: dict[str, Any]) -> Any:
+    """The run's validation, checked against its metadata; None only if the run has not validated yet."""
+    from vlens.validate import ValidationResult
+
+    folder = run_dir / "validation"
+    if "validate" not in meta.get("done", []) and not (folder / "validation.json").exists():
+        return None
+    return ValidationResult.load(folder)  # names the file that is missing, cut short or edited
 
 
 def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views: int = 1) -> Path:
@@ -74,7 +82,6 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     from vlens import viz
     from vlens.data import build_prompts, load_value_data
     from vlens.locate import LocateResult
-    from vlens.validate import ValidationResult
 
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "run.json")
@@ -122,8 +129,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
             parts += [h + v for h, v in zip(headers, viz.share_bundle(views), strict=True)]
             sections.append("\n".join(parts))
 
-    if (run_dir / "validation" / "validation.csv").exists():
-        v = ValidationResult.load(run_dir / "validation")
+    if (v := _validation(run_dir, meta)) is not None:
         summary = v.summary()
         parts = ["<h2>Causal validation</h2>",
                  "<p>Orientation is the mean probability of preferring the <code>+</code> option of held-out forced-choice "

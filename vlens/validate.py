@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from vlens._io import atomic_write, read_json, sha256_json, vlens_version, write_json
+from vlens._io import VlensFileError, atomic_write, read_json, sha256_file, sha256_json, vlens_version, write_json
 from vlens.evaluate import Instruments
 from vlens.experiment import check_design, run, steering_conditions, summarise
 from vlens.interventions import _check_set
@@ -42,17 +42,31 @@ class ValidationResult:
         return summarise(self.table, metric)
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """The table, its summary and the metadata; the metadata records the table's row count and
+        sha256, so a table cut short or edited later is refused on loading."""
         folder = Path(folder)
         atomic_write(folder / "validation.csv", lambda tmp: self.table.to_csv(tmp, index=False))
         atomic_write(folder / "validation_summary.csv", lambda tmp: self.summary().to_csv(tmp, index=False))
-        write_json(folder / "validation.json", self.meta)
+        table = {"rows": len(self.table), "sha256": sha256_file(folder / "validation.csv")}
+        write_json(folder / "validation.json", self.meta | {"table": table})
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ValidationResult:
+        """Reload what :meth:`save` wrote, refusing a table that does not match its metadata."""
         folder = Path(folder)
-        table = pd.read_csv(folder / "validation.csv")
-        return cls(table, read_json(folder / "validation.json"))
+        csv, meta = folder / "validation.csv", read_json(folder / "validation.json")
+        if not csv.exists():
+            raise VlensFileError(f"{csv} is missing (validation.json is there); rerun the validate stage")
+        try:
+            table = pd.read_csv(csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise VlensFileError(f"{csv} cannot be read ({err}); rerun the validate stage") from err
+        want = meta.get("table")  # absent in runs saved before vlens recorded it
+        if want and (len(table) != want["rows"] or sha256_file(csv) != want["sha256"]):
+            raise VlensFileError(f"{csv} does not match validation.json ({len(table)} rows, {want['rows']} recorded, or its "
+                                 "checksum differs): it was cut short or edited; rerun the validate stage")  # fmt: skip
+        return cls(table, meta)
 
 
 def validate(
