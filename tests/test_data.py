@@ -188,6 +188,19 @@ def test_other_malformed_files_are_rejected(tmp_path):
         D.read_records(path, "questions")
 
 
+def test_a_value_outside_its_dimension_is_refused(tmp_path, small_data):
+    """Issue 15: descriptions whose value does not belong to their dimension were accepted."""
+    rec = {"id": "a", "dimension": "Conservation", "pole": "+", "value": "Power", "text": "I like being in charge."}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(D.DataFormatError, match="line 1: value 'Power' does not belong to Conservation .pole \\+.; expected one of Security"):
+        D.read_records(path, "descriptions")
+    with pytest.raises(D.DataFormatError, match="description 'a': value 'Power' does not belong to Conservation"):
+        D.ValueData([*small_data.descriptions, rec], small_data.questions)
+    opposite = rec | {"pole": "-", "value": "Self-Direction"}  # a - description may name the opposite dimension's value
+    assert D.ValueData([opposite], small_data.questions).descriptions == [opposite]
+
+
 def test_taxonomy():
     assert dimension("oc").name == "Openness_to_Change" and dimension("self enhancement").name == "Self-Enhancement"
     assert SCORING_KEY["Hedonism"] == ("Openness_to_Change", "Self-Enhancement")

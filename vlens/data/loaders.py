@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vlens._io import sha256_json
-from vlens.data.schemas import DataFormatError, _rows, read_records
+from vlens.data.schemas import DataFormatError, _check_value_of_dimension, _rows, read_records
 from vlens.values import AUTHOR_KEYS, DIMENSIONS
 
 SHIPPED_DIR = Path(__file__).parent / "valueinsight"
@@ -24,6 +24,10 @@ class ValueData:
     portrait_items: list[dict[str, Any]] = field(default_factory=list)
     neutral_text: list[dict[str, Any]] = field(default_factory=list)
     source: str = "vlens ValueInsight"
+
+    def __post_init__(self) -> None:  # records built in Python skip the file checks: this one matters most
+        for rec in self.descriptions:
+            _check_value_of_dimension(rec, f"description {rec.get('id')!r}")
 
     def parts(self) -> dict[str, list[dict[str, Any]]]:
         return {

@@ -106,7 +106,22 @@ def validate_record(row: Any, kind: str, where: str) -> dict[str, Any]:
         if f.check and (problem := f.check(value)):
             raise DataFormatError(f"{where}: {problem}")
         out[f.name] = value
+    if kind == "descriptions":
+        _check_value_of_dimension(out, where)
     return out
+
+
+def _check_value_of_dimension(rec: dict[str, Any], where: str) -> None:
+    """A description's value is one of its dimension's basic values; a ``-`` description may instead
+    name a value of the opposite dimension (the circumplex opposite it stands for)."""
+    if rec.get("dimension") not in DIMENSIONS or rec.get("pole") not in POLES:
+        raise DataFormatError(f"{where}: needs a dimension ({', '.join(DIMENSIONS)}) and a pole (+ or -), got "
+                              f"{rec.get('dimension')!r} and {rec.get('pole')!r}")  # fmt: skip
+    dim = DIMENSIONS[rec["dimension"]]
+    allowed = dim.basic_values + (DIMENSIONS[dim.opposite].basic_values if rec["pole"] == "-" else ())
+    if rec["value"] not in allowed:
+        raise DataFormatError(f"{where}: value {rec['value']!r} does not belong to {dim.name} (pole {rec['pole']}); "
+                              f"expected one of {', '.join(dict.fromkeys(allowed))}")  # fmt: skip
 
 
 def _required(kind: str) -> str:
