@@ -34,11 +34,37 @@ def test_models_and_data(capsys):
     (["run", "--no-such-option"], "unrecognized arguments"),
     (["report", "/nonexistent/run"], "is not a directory"),
     (["data", "/nonexistent/data"], "is not a folder"),
+    # issue 15: each of these used to run, or to fail with a misleading message
+    (["run", "--dimensions", ""], "no dimension given"),
+    (["run", "--dimensions", "co,co"], "listed twice"),
+    (["run", "--gammas", "-1", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
+    (["run", "--gammas", "0", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
+    (["data", "--examples", "-1"], "expected a whole number >= 0"),
+    (["run", "--resume", "--out", "/tmp/vlens-no-such-run"], "holds no run (no run.json)"),
+    (["locate", "--out", "/tmp/vlens-never-written", "--selection", "paper:x"], "takes no value"),
 ])  # fmt: skip
 def test_user_errors_are_one_line_and_exit_2(args, message):
     res = run_cli(*args)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    """Issue 15: SIGTERM exited 143 with no message; now it stops like Ctrl-C, with the resume command."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "vlens", "run", "--out", str(out), *TINY_RUN, "--max-pairs", "40"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for _ in range(600):  # wait until the run has started writing (its run.json), then stop it
+        if (out / "run.json").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"interrupted; continue with: vlens run --out {out} --resume" in err
 
 
 def test_bad_selection_and_sizes(tmp_path, capsys):

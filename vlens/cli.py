@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,9 +42,20 @@ def _dims(text: str) -> list[str]:
     from vlens.values import dimension
 
     try:
-        return [dimension(d).name for d in text.split(",") if d.strip()]
+        dims = [dimension(d).name for d in text.split(",") if d.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+    if not dims:  # an empty list would silently mean "all four"
+        raise argparse.ArgumentTypeError("no dimension given; name one or more, e.g. co,st (leave the option out for all four)")
+    if len(set(dims)) < len(dims):
+        raise argparse.ArgumentTypeError(f"a dimension is listed twice in {text!r}")
+    return dims
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def _config(args: argparse.Namespace):
@@ -225,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_models)
     data = sub.add_parser("data", help="counts and examples of the bundled value data or of your own files")
     data.add_argument("data_dir", nargs="?", help="a folder of your own files (default: the bundled ValueInsight)")
-    data.add_argument("--examples", type=int, default=1, help="records to show per part")
+    data.add_argument("--examples", type=_count, default=1, help="records to show per part")
     data.set_defaults(func=_cmd_data)
     card = sub.add_parser("card", help="load a model, print its card and answer one question")
     card.add_argument("--model", default=DEFAULT_MODEL)
@@ -233,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--question", default="What is the capital of France?")
     card.set_defaults(func=_cmd_card)
     return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     from vlens.models import ModelNotAvailableError
     from vlens.pipeline import RunDirError
 
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler's stop, `kill`) ends a run the way Ctrl-C does: checkpoints kept, resume command printed.
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if getattr(args, "resume", False) and not (Path(args.out) / "run.json").exists():
+            raise UserError(f"--resume: {args.out} holds no run (no run.json); leave out --resume to start one there")
         return args.func(args)
     except (UserError, ModelNotAvailableError, RunDirError, DataFormatError, ValueError, FileNotFoundError) as err:
         print(f"vlens {args.command}: error: {err}", file=sys.stderr)

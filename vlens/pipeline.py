@@ -80,6 +80,9 @@ class ValidateConfig:
         self.gammas = [float(g) for g in self.gammas]
         if not self.gammas or not all(math.isfinite(g) for g in self.gammas):
             raise ValueError(f"--gammas must be one or more finite numbers like 0.5,1,2, got {self.gammas}")
+        if any(g <= 0 for g in self.gammas):  # 0 would repeat the clamp-only ablation; direction '-' is the reverse
+            raise ValueError(f"--gammas must be > 0 (the clamp-only ablation is gamma 0 and runs anyway; reverse "
+                             f"steering is the '-' direction), got {self.gammas}")  # fmt: skip
         _at_least(2, n_random=self.n_random)  # a z-score needs a spread
         _at_least(1, max_dilemmas=self.max_dilemmas, max_portrait=self.max_portrait, max_neutral=self.max_neutral,
                   max_questions=self.max_questions, max_new_tokens=self.max_new_tokens)  # fmt: skip
