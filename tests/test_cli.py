@@ -164,3 +164,23 @@ def test_compare_subcommand(tiny_run_dir, tmp_path, capsys):
 
     html = write_report(run_dir, neuron_views=0).read_text()
     assert "Baseline selectors" in html and "Cost of each selector" in html
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    """Issue 15: two runs into one --out both computed. A live holder is refused; a dead one's lock is taken."""
+    import json
+    import socket
+
+    out = tmp_path / "r"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        assert main(["locate", "--out", str(out), *TINY_RUN]) == 2
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert not (out / "run.json").exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["locate", "--out", str(out), *TINY_RUN]) == 0  # the holder is gone: its lock is stale
+    assert (out / "locate").is_dir() and not (out / "run.lock").exists()  # released when the run ended

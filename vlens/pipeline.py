@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import os
+import socket
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,12 +122,15 @@ STAGE_SECTION = {"locate": LocateConfig, "validate": ValidateConfig, "generate":
 class Run:
     """A run directory: its config, finished stages and log."""
 
-    def __init__(self, folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, writer: bool = True):
+    def __init__(self, folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, writer: bool = True,
+                 lock: bool = True):  # fmt: skip
         self.folder = Path(folder)
         self.config = config
         self.writer = writer  # under torch.distributed only rank 0 writes
         if writer:
             self.folder.mkdir(parents=True, exist_ok=True)
+            if lock:  # released when this object goes, or with its process (a dead holder's lock is taken over)
+                weakref.finalize(self, _hold_lock(self.folder))
         if (self.folder / "run.json").exists():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose a new --out")
@@ -158,6 +163,40 @@ class Run:
         self.meta.update(extra)
         self._save()
         self.log.info("%s finished in %.1f s", stage, seconds)
+
+
+def _hold_lock(folder: Path) -> Any:
+    """Take ``folder/run.lock`` (this process and host) and return its release; refuse a live holder."""
+    path, me = folder / "run.lock", {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                held = {}
+            if held == me:
+                return lambda: None  # this process holds it already (a second call in one session)
+            if held.get("host") == me["host"] and not _alive(held.get("pid")):
+                path.unlink(missing_ok=True)  # stale: the process that held it is gone
+                continue
+            raise RunDirError(f"{folder} is in use by process {held.get('pid')} on {held.get('host')} ({path}); wait for it "
+                              "to finish, or delete that file if the process is gone") from None  # fmt: skip
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return lambda: path.unlink(missing_ok=True)
+    raise RunDirError(f"could not take {path}; delete it if no vlens process uses {folder}")
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 def _logger(path: Path | None) -> logging.Logger:
@@ -197,7 +236,8 @@ def run_pipeline(
     from vlens.validate import ValidationResult, validate
 
     rank, world = distributed.rank_world()
-    run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0)
+    # Job-array shards share one directory at once, so they take no lock.
+    run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0, lock=shard is None)
     lc, vc = config.locate, config.validate
     if model is None:
         run.log.info("loading %s%s", lc.model, f" on {world} ranks" if world > 1 else "")
