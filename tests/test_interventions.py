@@ -163,3 +163,12 @@ def test_bad_input(tiny_llama, tiny_gpt2):
             pass
     with pytest.raises(ValueError, match="mean ablation needs"):
         I.ablate_edit((3, 96), ns, value="mean")
+
+
+def test_a_hand_built_set_without_act_prob_says_so():
+    """Issue 15: the message was "v must be 'prob' or 'p95' ... got 'prob'"."""
+    bare = NeuronSet("Conservation", "+", torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), 3, 96, delta=torch.tensor([0.2]))
+    with pytest.raises(ValueError, match=r"Conservation:\+ has no act_prob, which the edit's v='prob' needs"):
+        I.value_edit((3, 96), bare, None, 1.0)
+    with pytest.raises(ValueError, match="v must be 'prob'"):
+        I.value_edit((3, 96), bare, None, 1.0, v="mean")

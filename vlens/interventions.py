@@ -181,9 +181,13 @@ def value_edit(
     if mode in {"paper", "clamp_only"} and opposing is not None and len(opposing):
         e.clamp_mask[opposing.layers, opposing.neurons] = True
     if mode in {"paper", "boost_only"} and len(target):
-        strength = {"prob": target.act_prob, "p95": target.p95}.get(v, "bad")
-        if isinstance(strength, str) or strength is None:
-            raise ValueError(f"v must be 'prob' or 'p95' (the latter needs a set located with a histogram), got {v!r}")
+        if v not in ("prob", "p95"):
+            raise ValueError(f"v must be 'prob' (activation probability) or 'p95' (95th percentile), got {v!r}")
+        strength = target.act_prob if v == "prob" else target.p95
+        if strength is None:
+            field = "act_prob" if v == "prob" else "p95 (locate with a histogram: hist_edges='auto')"
+            raise ValueError(f"neuron set {target.name} has no {field}, which the edit's v={v!r} needs; "
+                             "build the set with vlens.select (or random_like(..., stats=...))")  # fmt: skip
         if target.delta is None:
             raise ValueError(f"neuron set {target.name} has no delta scores; select it with vlens.select")
         weight = torch.sigmoid(10 * (target.delta.float() - 0.15))
