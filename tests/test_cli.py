@@ -136,6 +136,20 @@ def test_shards_then_merge_then_validate(tmp_path, capsys):
     assert meta["done"] == ["locate"] and meta["merged_shards"] == 2 and meta["config"]["dimensions"] == ["Conservation"]
 
 
+def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
+    """Issue 15: merge accepted shards whose settings differ from run.json's."""
+    folder = tmp_path / "run"
+    for i in range(2):
+        assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
+    meta = json.loads((folder / "run.json").read_text())
+    meta["config"]["hook"] = "gate"  # as if run.json had been written by a run with other settings
+    (folder / "run.json").write_text(json.dumps(meta))
+    assert main(["merge", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "were located with other settings" in err and "hook: 'post' vs 'gate'" in err
+    assert not (folder / "locate").exists()
+
+
 @pytest.mark.parametrize("bad,message", [
     (["--n-random", "1"], "--n-random must be at least 2"),
     (["--gammas", "nan"], "--gammas must be one or more finite numbers"),

@@ -346,7 +346,13 @@ def merge_run(folder: str | os.PathLike) -> Path:
         raise RunDirError(f"{folder} holds no partial statistics (shards/stats-I-of-N); run `vlens locate --shard I/N` first")
     t = time.time()
     stats = merge_shards([p.with_suffix("") for p in parts])
-    result = from_stats(stats, meta["config"]["selection"])
+    cfg = meta["config"]
+    recorded = {"model": stats.meta.get("model", {}).get("name")} | {k: stats.meta[k] for k in
+                ("scope", "hook", "template", "max_pairs", "pairs_per_question", "seed", "batch_size") if k in stats.meta}  # fmt: skip
+    if differ := sorted(k for k, v in recorded.items() if cfg.get(k) != v):
+        raise RunDirError(f"the shards in {folder / 'shards'} were located with other settings than {folder / 'run.json'} "
+                          f"({', '.join(f'{k}: {recorded[k]!r} vs {cfg.get(k)!r}' for k in differ)}); rerun them or merge elsewhere")  # fmt: skip
+    result = from_stats(stats, cfg["selection"])
     result.save(folder / "locate")
     run = Run(folder, RunConfig.from_dict(meta["config"]), resume=True)
     if not run.done("locate"):
