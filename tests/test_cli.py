@@ -154,6 +154,8 @@ def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
     (["--n-random", "1"], "--n-random must be at least 2"),
     (["--gammas", "nan"], "--gammas must be one or more finite numbers"),
     (["--gammas", ","], "--gammas must be one or more finite numbers"),
+    (["--device", "foo"], "unknown device 'foo'"),
+    (["--device", "cuda:999"], "device 'cuda:999'"),
 ])  # fmt: skip
 def test_bad_options_are_refused_before_the_directory_is_written(tmp_path, capsys, bad, message):
     folder = tmp_path / "run"
@@ -198,3 +200,21 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
         holder.wait()
     assert main(["locate", "--out", str(out), *TINY_RUN]) == 0  # the holder is gone: its lock is stale
     assert (out / "locate").is_dir() and not (out / "run.lock").exists()  # released when the run ended
+
+
+def test_filesystem_and_file_faults_are_one_line(tmp_path, capsys):
+    """Issue 15: these printed tracebacks. Each is now one line naming the path, with exit 2."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["locate", "--out", str(a_file / "run"), *TINY_RUN]) == 2
+    assert str(a_file) in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("[1, 2, 3]")
+    assert main(["report", str(run)]) == 2
+    assert "is not a vlens run record" in capsys.readouterr().err
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "descriptions.jsonl").write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
+    assert main(["data", str(data)]) == 2
+    assert f"{data / 'descriptions.jsonl'}: not UTF-8 text" in capsys.readouterr().err

@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ModelNotAvailableError, RunDirError, DataFormatError, ValueError, FileNotFoundError) as err:
         print(f"vlens {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that is a file, read-only, a full disk...: the path and the reason, not a traceback
+        print(f"vlens {args.command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         hint = f"; continue with: vlens {args.command} --out {out} --resume" if out else ""

@@ -236,12 +236,14 @@ def run_pipeline(
     from vlens.validate import ValidationResult, validate
 
     rank, world = distributed.rank_world()
+    lc, vc = config.locate, config.validate
+    loaded = model is None
+    if loaded:  # before run.json is written, so a wrong --model or --device leaves no directory behind
+        model = vlens.load_model(lc.model, device=distributed.local_device() or device)
     # Job-array shards share one directory at once, so they take no lock.
     run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0, lock=shard is None)
-    lc, vc = config.locate, config.validate
-    if model is None:
-        run.log.info("loading %s%s", lc.model, f" on {world} ranks" if world > 1 else "")
-        model = vlens.load_model(lc.model, device=distributed.local_device() or device)
+    if loaded:
+        run.log.info("loaded %s%s", lc.model, f" on {world} ranks" if world > 1 else "")
     info = vlens.model_info(model)
     if "model" in run.meta and run.meta["model"]["fingerprint"] != _jsonable(info.fingerprint):
         raise RunDirError(f"{run.folder} was run on another model ({run.meta['model']['fingerprint']}); start a new run directory")
@@ -373,6 +375,8 @@ def check_run_dir(folder: str | os.PathLike) -> dict[str, Any]:
     if not (folder / "run.json").exists():
         raise RunDirError(f"{folder} is not a vlens run directory (no run.json)")
     meta = read_json(folder / "run.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise RunDirError(f"{folder / 'run.json'} is not a vlens run record (it holds {str(meta)[:60]}); start a new run directory")
     if meta.get("vlens_version") != vlens_version():
         raise RunDirError(f"{folder} was written by vlens {meta.get('vlens_version')}, this is vlens {vlens_version()}; "
                           "start a new run directory")  # fmt: skip

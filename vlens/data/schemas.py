@@ -69,19 +69,22 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
     """(line number, parsed row) for a JSON Lines or CSV file."""
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(f))]  # line 1 is the header
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
-    return rows
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(f))]  # line 1 is the header
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataFormatError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
+        return rows
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
 
 
 def validate_record(row: Any, kind: str, where: str) -> dict[str, Any]:
