@@ -40,6 +40,8 @@ def test_models_and_data(capsys):
     (["run", "--gammas", "-1", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
     (["run", "--gammas", "0", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
     (["data", "--examples", "-1"], "expected a whole number >= 0"),
+    (["compare", "/tmp", "--sizes", "2"], "expected fractions of all neurons between 0 and 1"),
+    (["locate", "--out", "/tmp/vlens-never-written", "--data", "/nonexistent/data"], "/nonexistent/data"),
     (["run", "--resume", "--out", "/tmp/vlens-no-such-run"], "holds no run (no run.json)"),
     (["locate", "--out", "/tmp/vlens-never-written", "--selection", "paper:x"], "takes no value"),
 ])  # fmt: skip

@@ -38,6 +38,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,1,2 ({err})") from err
 
 
+def _fractions(text: str) -> list[float]:
+    sizes = _floats(text)
+    if not sizes or not all(0 < x < 1 for x in sizes):
+        raise argparse.ArgumentTypeError(f"expected fractions of all neurons between 0 and 1 like 0.001,0.01, got {text!r}")
+    return sizes
+
+
 def _dims(text: str) -> list[str]:
     from vlens.values import dimension
 
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_dir", help="a run directory with locate results")
     cmp.add_argument("--dimensions", type=_dims)
     cmp.add_argument("--selectors", type=lambda t: [x for x in t.split(",") if x], help="comma-separated (default all)")
-    cmp.add_argument("--sizes", type=_floats, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons")
+    cmp.add_argument("--sizes", type=_fractions, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons, e.g. 0.001,0.01")
     cmp.add_argument("--gammas", type=_floats, default=[1.0])
     cmp.add_argument("--n-random", type=int, default=10)
     cmp.add_argument("--max-dilemmas", type=int, default=4)

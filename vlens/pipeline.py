@@ -238,7 +238,8 @@ def run_pipeline(
     rank, world = distributed.rank_world()
     lc, vc = config.locate, config.validate
     loaded = model is None
-    if loaded:  # before run.json is written, so a wrong --model or --device leaves no directory behind
+    data = vlens.load_value_data(lc.data_dir)  # the data and the model before run.json is written, so a wrong
+    if loaded:  # --data, --model or --device leaves no directory behind
         model = vlens.load_model(lc.model, device=distributed.local_device() or device)
     # Job-array shards share one directory at once, so they take no lock.
     run = Run(folder, config, resume=resume or world > 1 or shard is not None, writer=rank == 0, lock=shard is None)
@@ -249,7 +250,6 @@ def run_pipeline(
         raise RunDirError(f"{run.folder} was run on another model ({run.meta['model']['fingerprint']}); start a new run directory")
     run.meta["model"] = {"info": info.to_dict(), "fingerprint": _jsonable(info.fingerprint)}
     run._save()
-    data = vlens.load_value_data(lc.data_dir)
     options = dict(dimensions=lc.dimensions, scope=lc.scope, hook=lc.hook, batch_size=lc.batch_size, max_pairs=lc.max_pairs,
                    template=lc.template, pairs_per_question=lc.pairs_per_question, seed=lc.seed, progress=progress)  # fmt: skip
 
