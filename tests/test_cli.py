@@ -220,3 +220,18 @@ def test_filesystem_and_file_faults_are_one_line(tmp_path, capsys):
     (data / "descriptions.jsonl").write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
     assert main(["data", str(data)]) == 2
     assert f"{data / 'descriptions.jsonl'}: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_data_runs_the_prompt_building_of_locate(tmp_path, capsys):
+    """Issue 15: `vlens data DIR` passed data that `locate` then refused (here: no `-` descriptions)."""
+    import vlens.data as D
+
+    shipped = D.load_value_data()
+    folder = tmp_path / "mine"
+    D.write_records(folder / "descriptions.jsonl", [d for d in shipped.descriptions if d["pole"] == "+"])
+    D.write_records(folder / "questions.jsonl", shipped.questions)
+    assert main(["data", str(folder)]) == 2
+    assert "both poles need descriptions" in capsys.readouterr().err
+    D.write_records(folder / "descriptions.jsonl", shipped.descriptions)
+    assert main(["data", str(folder), "--examples", "0"]) == 0
+    assert "locate can build its prompts" in capsys.readouterr().out

@@ -154,10 +154,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from vlens.data import load_value_data
+    from vlens.data import build_prompts, load_value_data
+    from vlens.models import tiny_model
 
     data = load_value_data(args.data_dir)
-    print(f"data: {data.source}  (sha256 {data.sha256[:16]}...)")
+    # The prompt building of `locate` (search split, both poles per dimension), on a tiny tokenizer: data
+    # that passes here does not fail later.
+    try:
+        pairs = len(build_prompts(data, tiny_model("llama"), template="raw", pairs_per_question=1)) // 2
+    except ValueError as err:
+        raise UserError(f"{data.source}: {err}") from err
+    print(f"data: {data.source}  (sha256 {data.sha256[:16]}...); locate can build its prompts ({pairs} pairs, one per question)")
     for part, counts in data.counts().items():
         print(f"\n{part}: {counts.pop('total')}")
         for key, n in counts.items():
