@@ -9,6 +9,7 @@ each task writes partial statistics and ``vlens merge`` sums them.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import os
@@ -34,6 +35,9 @@ def rank_world() -> tuple[int, int]:
         # A rank that dies makes the collectives of the others fail after this timeout at the
         # latest; torchrun normally stops them at once.
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=int(os.environ.get("VLENS_DIST_TIMEOUT_MIN", "10"))))
+        # vlens started the group, so vlens ends it: leaving with gloo's threads alive can abort the
+        # process at exit ("terminate called without an active exception").
+        atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
