@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlens._io import load_tensors, read_json, save_tensors, write_json
+from vlens._io import read_json, write_json
 from vlens.data.prompts import Prompt
 from vlens.models import model_info, tokenize
 from vlens.runner import Batch, activation_fn, check_layers, forward, generate, hook_name, resolve_hook, run_prefixes
@@ -193,7 +193,6 @@ def collect_stats(
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt:
         stats, done = _resume_or_start(ckpt, plan, len(batches), stats)
-        stats = stats.to(device)
 
     act = activation_fn(model, hook)
     weights_box: dict[str, Tensor] = {}
@@ -235,7 +234,9 @@ def collect_stats(
                 stats.add_token_counts(weights, row_cls)
             bar.update(1)
             if ckpt and ((b + 1) % checkpoint_every == 0 or b + 1 == len(batches)):
-                _save_checkpoint(ckpt, stats, b + 1)
+                # The batch counter travels inside the statistics file: one atomic write, so a crash at
+                # any point leaves a checkpoint that resumes exactly.
+                stats.save(ckpt / "stats", extra={"batches_done": torch.tensor(b + 1)})
     finally:
         bar.close()
     empty = [c for c, n in zip(classes, stats.tokens.tolist(), strict=True) if n == 0]
@@ -249,20 +250,13 @@ def _resume_or_start(ckpt: Path, plan: str, total: int, empty: NeuronStats) -> t
     (the old statistics removed BEFORE the new plan is recorded, so they can never be taken for it)."""
     files = [ckpt / "progress.json", ckpt / "stats.safetensors", ckpt / "stats.json"]
     if all(f.exists() for f in files) and read_json(files[0]).get("plan") == plan:
-        tensors, _ = load_tensors(ckpt / "stats", kind="NeuronStats")
-        if "batches_done" in tensors:
-            return NeuronStats.load(ckpt / "stats"), int(tensors["batches_done"])
+        stats, extra = NeuronStats.load(ckpt / "stats", with_extra=True)
+        if "batches_done" in extra:  # absent in checkpoints of older vlens versions: start over
+            return stats.to(empty.tokens.device), int(extra["batches_done"])
     for f in files[1:]:
         f.unlink(missing_ok=True)
     write_json(files[0], {"plan": plan, "batches": total})
     return empty, 0
-
-
-def _save_checkpoint(ckpt: Path, stats: NeuronStats, done: int) -> None:
-    """The statistics and the count of batches in them, in ONE atomic file write (the counter is a
-    tensor beside the sums), so a crash at any point leaves a checkpoint that resumes exactly."""
-    meta = {"classes": stats.classes, "layers": stats.layers, "d_mlp": stats.d_mlp, "meta": stats.meta}
-    save_tensors(ckpt / "stats", stats.tensors() | {"batches_done": torch.tensor(done)}, meta, kind="NeuronStats")
 
 
 def _progress(total: int, *, initial: int, enabled: bool, desc: str) -> Any:

@@ -187,17 +187,21 @@ class NeuronStats:
         out = {"tokens": self.tokens, "active": self.active, "sum": self.sum, "sumsq": self.sumsq, "prompts": self.prompts}
         return out | ({"hist": self.hist, "hist_edges": self.hist_edges} if self.hist is not None else {})
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, extra: dict[str, Tensor] | None = None) -> None:
+        """Save as safetensors + JSON; ``extra`` tensors (e.g. a checkpoint's batch counter) go into the
+        same safetensors file, so they are written in the same atomic step as the statistics."""
         meta = {"classes": self.classes, "layers": self.layers, "d_mlp": self.d_mlp, "meta": self.meta}
-        save_tensors(path, self.tensors(), meta, kind="NeuronStats")
+        save_tensors(path, self.tensors() | (extra or {}), meta, kind="NeuronStats")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> NeuronStats:
+    def load(cls, path: str | os.PathLike, *, with_extra: bool = False) -> Any:
+        """The statistics saved at ``path``; with ``with_extra`` also the dict of ``extra`` tensors saved beside them."""
         t, meta = load_tensors(path, kind="NeuronStats")
-        return cls(
-            meta["classes"], meta["layers"], meta["d_mlp"], t["tokens"], t["active"], t["sum"], t["sumsq"],
-            t.get("hist"), t.get("hist_edges"), t.get("prompts"), meta["meta"],
+        stats = cls(
+            meta["classes"], meta["layers"], meta["d_mlp"], t.pop("tokens"), t.pop("active"), t.pop("sum"), t.pop("sumsq"),
+            t.pop("hist", None), t.pop("hist_edges", None), t.pop("prompts", None), meta["meta"],
         )  # fmt: skip
+        return (stats, t) if with_extra else stats
 
     def equal(self, other: NeuronStats, *, rtol: float = 0.0, atol: float = 0.0) -> bool:
         """Same classes and layers, and tensors equal within tolerance (exactly, by default)."""
