@@ -189,14 +189,14 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from vlens.activations import SCOPES
-    from vlens.runner import HOOK_POINTS as HOOKS
+    from vlens.runner import HOOK_POINTS
 
     p.add_argument("--model", help=f"model name (default {DEFAULT_MODEL}, offline)")
     p.add_argument("--out", default=None, help="run directory (default runs/run-DATE-TIME)")
     p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out with its saved options")
     p.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default all four)")
     p.add_argument("--scope", choices=SCOPES, help="tokens that count when locating (default question)")
-    p.add_argument("--hook", choices=list(HOOKS), help="post = mlp.hook_post (default); gate = act(hook_pre)")
+    p.add_argument("--hook", choices=list(HOOK_POINTS), help="post = mlp.hook_post (default); gate = act(hook_pre)")
     p.add_argument("--selection", help="paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]")
     p.add_argument("--max-pairs", type=int, help="prompt pairs per dimension for locate (quick default 24)")
     p.add_argument("--max-dilemmas", type=int, help="held-out dilemmas per dimension for validate")
