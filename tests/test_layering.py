@@ -10,7 +10,8 @@ import vlens
 # Top to bottom: the data path of a run, then the layers over it (docs/index.md).
 LAYERS = [
     "_version", "_io", "values", "models", "runner", "data", "stats", "distributed", "scores", "neurons",
-    "activations", "locate", "interventions", "instruments", "evaluate", "generation", "calibrate", "significance", "experiment", "validate",
+    "activations", "locate", "interventions", "controls", "instruments", "evaluate", "generation", "calibrate",
+    "significance", "experiment", "validate",
     "selectors", "viz", "report", "pipeline", "cli", "__init__",
 ]  # fmt: skip
 ROOT = Path(vlens.__file__).parent

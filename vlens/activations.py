@@ -26,7 +26,17 @@ from torch import Tensor
 from vlens._io import read_json, write_json
 from vlens.data.prompts import Prompt
 from vlens.models import model_info, tokenize
-from vlens.runner import Batch, activation_fn, check_layers, forward, generate, hook_name, resolve_hook, run_prefixes
+from vlens.runner import (
+    Batch,
+    Hook,
+    activation_fn,
+    check_layers,
+    forward,
+    generate,
+    hook_name,
+    resolve_hook,
+    run_prefixes,
+)
 from vlens.stats import NeuronStats, class_label
 
 SCOPES = ("question", "all", "last", "generated")
@@ -94,6 +104,13 @@ def _check_shared_tokens(rows: list[TokenizedPrompt]) -> None:
                 f"mismatched pair {r.prompt.pair_id!r}: the tokens after the description differ between the poles "
                 f"({len(seen)} vs {len(toks)} tokens); the description must end at a token boundary"
             )
+
+
+def pole_classes(prompts: Sequence[Prompt]) -> list[str]:
+    """The ``"<dimension>:<pole>"`` classes of ``prompts``: dimensions in the order the data gives them, + before -."""
+    dims = list(dict.fromkeys(p.dimension for p in prompts))
+    keys = sorted({(p.dimension, p.pole) for p in prompts}, key=lambda k: (dims.index(k[0]), k[1] == "-"))
+    return [class_label(*key) for key in keys]
 
 
 def _question_start(row: TokenizedPrompt) -> int:
@@ -174,8 +191,7 @@ def collect_stats(
     check_pairs(prompts)
     rows = tokenize_prompts(model, prompts, scope, max_new_tokens=max_new_tokens if scope == "generated" else 0)
     fixed_classes = classes is not None
-    dims = list(dict.fromkeys(p.dimension for p in prompts))  # classes in the order the data gives them, + before -
-    classes = list(classes) if fixed_classes else [class_label(*key) for key in sorted({(p.dimension, p.pole) for p in prompts}, key=lambda k: (dims.index(k[0]), k[1] == "-"))]
+    classes = list(classes) if fixed_classes else pole_classes(prompts)
     reuse = prefix_reuse and scope == "question"
     batches = plan_batches(rows, batch_size, by_prefix=reuse)
     info = model_info(model)
@@ -195,42 +211,30 @@ def collect_stats(
         stats, done = _resume_or_start(ckpt, plan, len(batches), stats)
 
     act = activation_fn(model, hook)
-    weights_box: dict[str, Tensor] = {}
+    points = [resolve_hook(model, hook, layer) for layer in layers]
 
-    def make_hook(layer_pos: int) -> Callable:
-        def reduce_hook(tensor: Tensor, hook: Any) -> None:
-            stats.add(layer_pos, act(tensor), weights_box["w"])
+    def reducers(weights: Float[Tensor, "batch pos cls"]) -> list[Hook]:
+        w = weights.to(device)
 
-        return reduce_hook
+        def make_hook(layer_pos: int) -> Callable:
+            def reduce_hook(tensor: Tensor, hook: Any) -> None:
+                stats.add(layer_pos, act(tensor), w)
 
-    fwd_hooks = [(resolve_hook(model, hook, layer), make_hook(i)) for i, layer in enumerate(layers)]
-    stop_at = fwd_hooks[-1][0]  # nothing after the last layer read is computed
+            return reduce_hook
+
+        return [(point, make_hook(i)) for i, point in enumerate(points)]
+
+    stop_at = points[-1]  # nothing after the last layer read is computed
     bar = _progress(len(batches), initial=done, enabled=progress, desc=f"locate ({scope})")
     try:
         for b, batch in enumerate(batches):
             if b < done:
                 continue
-            batch_rows = [rows[i] for i in batch]
             with torch.inference_mode():
-                prefixes, pick = None, None
-                if reuse:
-                    # Each distinct prefix (instruction + description: never recorded) runs once,
-                    # then every row's question part continues from its keys and values.
-                    starts = [_question_start(r) for r in batch_rows]
-                    keys = [tuple(r.ids[:k]) for r, k in zip(batch_rows, starts, strict=True)]
-                    distinct = list(dict.fromkeys(keys))
-                    prefixes = run_prefixes(model, distinct, stop_at=stop_at)
-                    pick = torch.tensor([distinct.index(k) for k in keys])
-                    batch_rows = [TokenizedPrompt(r.prompt, r.ids[k:], r.select[k:]) for r, k in zip(batch_rows, starts, strict=True)]
-                elif scope == "generated":
-                    ids = [r.ids for r in batch_rows]
-                    new = generate(model, ids, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
-                    for r, extra in zip(batch_rows, new, strict=True):
-                        r.ids, r.select = r.ids + extra, [False] * len(r.ids) + [True] * len(extra)
-                tokens = Batch.of(model, [r.ids for r in batch_rows], padding_side=padding_side)
-                weights, row_cls = _selection_weights(batch_rows, classes, tokens.tokens.shape[1], padding_side)
-                weights_box["w"] = weights.to(device)
-                forward(model, tokens, hooks=fwd_hooks, stop_at=stop_at, prefixes=prefixes, pick=pick)
+                weights, row_cls = pool_batch(
+                    model, [rows[i] for i in batch], classes, reducers, stop_at=stop_at, scope=scope, prefix_reuse=reuse,
+                    padding_side=padding_side, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                )  # fmt: skip
                 stats.add_token_counts(weights, row_cls)
             bar.update(1)
             if ckpt and ((b + 1) % checkpoint_every == 0 or b + 1 == len(batches)):
@@ -243,6 +247,49 @@ def collect_stats(
     if empty and not fixed_classes:
         raise ValueError(f"no tokens were recorded for class(es) {empty} under scope {scope!r}")
     return stats
+
+
+def pool_batch(
+    model: Any,
+    batch_rows: list[TokenizedPrompt],
+    classes: list[str],
+    hooks: Callable[[Float[Tensor, "batch pos cls"]], Sequence[Hook]],
+    *,
+    stop_at: str,
+    scope: str,
+    prefix_reuse: bool,
+    padding_side: str = "right",
+    max_new_tokens: int = 64,
+    repetition_penalty: float = 1.1,
+) -> tuple[Float[Tensor, "batch pos cls"], Int[Tensor, " batch"]]:
+    """Run one batch of tokenized prompts with hooks that pool over the tokens their scope selects.
+
+    ``hooks(weights)`` gives this batch's hooks: ``weights[b, p, c]`` is 1 where token ``(b, p)``
+    of the pass counts for class ``c`` (``classes``), 0 elsewhere and on padding, so a hook pools
+    with ``einsum(acts, weights)``. With ``prefix_reuse`` (question scope) each distinct prefix
+    (instruction + description, never pooled) runs once and the pass holds only the question
+    parts; under the ``generated`` scope the rows are first continued greedily (and ``batch_rows``
+    are extended in place). Returns the weights (on the CPU) and the class index of every row.
+    """
+    prefixes, pick = None, None
+    if prefix_reuse:
+        # Each distinct prefix (instruction + description: never recorded) runs once,
+        # then every row's question part continues from its keys and values.
+        starts = [_question_start(r) for r in batch_rows]
+        keys = [tuple(r.ids[:k]) for r, k in zip(batch_rows, starts, strict=True)]
+        distinct = list(dict.fromkeys(keys))
+        prefixes = run_prefixes(model, distinct, stop_at=stop_at)
+        pick = torch.tensor([distinct.index(k) for k in keys])
+        batch_rows = [TokenizedPrompt(r.prompt, r.ids[k:], r.select[k:]) for r, k in zip(batch_rows, starts, strict=True)]
+    elif scope == "generated":
+        ids = [r.ids for r in batch_rows]
+        new = generate(model, ids, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+        for r, extra in zip(batch_rows, new, strict=True):
+            r.ids, r.select = r.ids + extra, [False] * len(r.ids) + [True] * len(extra)
+    tokens = Batch.of(model, [r.ids for r in batch_rows], padding_side=padding_side)
+    weights, row_cls = _selection_weights(batch_rows, classes, tokens.tokens.shape[1], padding_side)
+    forward(model, tokens, hooks=hooks(weights), stop_at=stop_at, prefixes=prefixes, pick=pick)
+    return weights, row_cls
 
 
 def _resume_or_start(ckpt: Path, plan: str, total: int, empty: NeuronStats) -> tuple[NeuronStats, int]:

@@ -12,6 +12,13 @@ what happens to its activation ``a`` at each forward step::
     a <- min(a, 0)            where clamp_mask    (clamp; the paper's edit of the opposing set)
     a <- a + boost * keep     keep ~ Bernoulli(keep_prob), redrawn every step, seeded
 
+An edit may also add a vector to the residual stream, at every position, after the blocks
+it names (``resid``, ``[n_layers, d_model]``, at ``blocks.{l}.hook_resid_post``): the
+dense positive controls of :mod:`vlens.controls` (a steering vector) are edits like any other,
+and run in the same batches, one edit per row, as the neuron edits they are compared with::
+
+    x_l <- x_l + resid[l]      x_l = the residual stream after block l
+
 Several edits can run in one forward pass: :func:`apply` takes a list of edits and the
 condition of every batch row, so gamma values x neuron sets x random seeds are evaluated
 by expanding the batch instead of looping over forward passes. Edits act through the hook
@@ -37,7 +44,7 @@ from torch import Tensor
 
 from vlens.models import model_info
 from vlens.neurons import NeuronSet
-from vlens.runner import UP_POINT, activation_fn, hook_name
+from vlens.runner import RESID_POINT, UP_POINT, activation_fn, hook_name
 from vlens.stats import NeuronStats, class_label
 
 SCOPES = ("all", "prompt", "generated")
@@ -46,7 +53,11 @@ MODES = ("paper", "boost_only", "clamp_only")
 
 @dataclass
 class Edit:
-    """One intervention condition as dense per-neuron tensors (see the module docstring)."""
+    """One intervention condition as dense per-neuron tensors (see the module docstring).
+
+    ``resid`` (optional) adds ``resid[l]`` to the residual stream after block ``l``; ``None``
+    or a zero row adds nothing there, and layers with nothing to do get no hook.
+    """
 
     scale: Float[Tensor, "layer neuron"]
     set_mask: Bool[Tensor, "layer neuron"]
@@ -57,6 +68,12 @@ class Edit:
     seed: int = 0
     label: str = "none"
     hook: str = "post"  # the hook family the neurons were located at (vlens.runner.HOOK_POINTS)
+    resid: Float[Tensor, "layer d_model"] | None = None  # added at blocks.{l}.hook_resid_post
+
+    def __post_init__(self) -> None:
+        if self.resid is not None and (self.resid.ndim != 2 or self.resid.shape[0] != self.scale.shape[0]):
+            raise ValueError(f"edit {self.label}: resid must be [n_layers, d_model] with n_layers = {self.scale.shape[0]} "
+                             f"(one residual vector per layer, zeros where nothing is added), got {tuple(self.resid.shape)}")  # fmt: skip
 
     @classmethod
     def identity(cls, n_layers: int, d_mlp: int, *, label: str = "none", hook: str = "post") -> Edit:
@@ -69,9 +86,19 @@ class Edit:
         return tuple(self.scale.shape)
 
     def touched_layers(self) -> Bool[Tensor, " layer"]:
-        """Layers where this edit changes anything (others need no hook)."""
+        """Layers where this edit changes anything, neurons or residual stream (others need no hook)."""
+        return self.neuron_layers() | self.resid_layers()
+
+    def neuron_layers(self) -> Bool[Tensor, " layer"]:
+        """Layers where this edit changes a neuron."""
         changed = (self.scale != 1) | self.set_mask | self.clamp_mask | (self.boost != 0)
         return changed.any(-1)
+
+    def resid_layers(self) -> Bool[Tensor, " layer"]:
+        """Layers after which this edit adds a non-zero vector to the residual stream."""
+        if self.resid is None:
+            return torch.zeros(self.scale.shape[0], dtype=torch.bool)
+        return (self.resid != 0).any(-1)
 
 
 # ----------------------------------------------------------------------------- building edits
@@ -214,6 +241,9 @@ class _EditHooks:
         for e in edits:
             if e.shape != shape:
                 raise ValueError(f"edit {e.label} is for {e.shape[0]} layers x {e.shape[1]} neurons, the model has {shape}")
+            if e.resid is not None and tuple(e.resid.shape) != (info.n_layers, info.d_model):
+                raise ValueError(f"edit {e.label} adds residual vectors of shape {tuple(e.resid.shape)}, the model's residual "
+                                 f"stream is {info.n_layers} layers x d_model {info.d_model}")  # fmt: skip
         if scope not in SCOPES:
             raise ValueError(f"unknown intervention scope {scope!r}; expected one of {', '.join(SCOPES)}")
         device = torch.device(model.cfg.device)
@@ -224,12 +254,20 @@ class _EditHooks:
         self.keep_prob = [e.keep_prob for e in edits]
         self.rows = rows
         self.step = -1  # forward steps seen (0 = prompt, 1.. = KV-cached decoding steps)
-        self.layers = [int(layer) for layer in torch.stack([e.touched_layers() for e in edits]).any(0).nonzero()]
-        hooks = {e.hook for e in edits if e.touched_layers().any()}
+        self.layers = [int(layer) for layer in torch.stack([e.neuron_layers() for e in edits]).any(0).nonzero()]
+        self.resid_layers = [int(layer) for layer in torch.stack([e.resid_layers() for e in edits]).any(0).nonzero()]
+        # Edits without residual vectors add zeros in a batch where others add one.
+        zeros = torch.zeros(info.n_layers, info.d_model)
+        resid = [zeros if e.resid is None else e.resid.float().cpu() for e in edits]
+        self.resid = torch.stack(resid).to(device) if self.resid_layers else None
+        hooks = {e.hook for e in edits if e.neuron_layers().any()}  # residual additions act at no neuron hook
         if len(hooks) > 1:
             raise ValueError(f"edits of sets located at different hook points ({sorted(hooks)}) cannot run in one pass")
         self.hook_family = hooks.pop() if hooks else "post"
-        self.first_layer = self.layers[0] if self.layers else None
+        # The step counter ticks in the first hook of a forward pass: a block's MLP runs before
+        # its residual output, so the neuron hook of layer l comes before the residual hook of l.
+        first_mlp, first_resid = (self.layers or [math.inf])[0], (self.resid_layers or [math.inf])[0]
+        self.clock = ("neuron", first_mlp) if first_mlp <= first_resid else ("resid", first_resid)
 
     def set_rows(self, rows: Int[Tensor, " batch"] | None) -> None:
         """Which edit each batch row gets (indices into the edits); None = all rows get edit 0."""
@@ -250,19 +288,34 @@ class _EditHooks:
             masks.append((torch.rand(n, generator=g) < p).float())
         return torch.stack(masks).to(self.device)
 
+    def _tick(self, kind: str, layer: int, n_pos: int) -> bool:
+        """Count the forward step (in the pass's first hook); True when this step is in the edit's scope."""
+        if (kind, layer) == self.clock:
+            # A pass over several positions is a new prompt (step 0); a one-position pass
+            # after it is a KV-cached decoding step. The keep mask is redrawn every step.
+            self.step = 0 if n_pos > 1 or self.step < 0 else self.step + 1
+        return not ((self.scope == "prompt" and self.step > 0) or (self.scope == "generated" and self.step == 0))
+
+    def _rows(self, batch: int) -> Int[Tensor, " batch"]:
+        rows = self.rows if self.rows is not None else torch.zeros(batch, dtype=torch.long)
+        if rows.shape[0] != batch:
+            raise ValueError(f"{rows.shape[0]} row conditions given for a batch of {batch} rows")
+        return rows.to(self.device)
+
+    def resid_hook(self, layer: int):
+        def add_hook(resid: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
+            if not self._tick("resid", layer, resid.shape[1]):
+                return resid
+            add = einops.rearrange(self.resid[self._rows(resid.shape[0]), layer], "b d -> b 1 d")
+            return resid + add.to(resid.dtype)
+
+        return add_hook
+
     def hook(self, layer: int):
         def edit_hook(acts: Float[Tensor, "batch pos neuron"], hook: Any) -> Tensor:
-            if layer == self.first_layer:
-                # A pass over several positions is a new prompt (step 0); a one-position pass
-                # after it is a KV-cached decoding step. The keep mask is redrawn every step.
-                self.step = 0 if acts.shape[1] > 1 or self.step < 0 else self.step + 1
-            if (self.scope == "prompt" and self.step > 0) or (self.scope == "generated" and self.step == 0):
+            if not self._tick("neuron", layer, acts.shape[1]):
                 return acts
-            batch = acts.shape[0]
-            rows = self.rows if self.rows is not None else torch.zeros(batch, dtype=torch.long)
-            if rows.shape[0] != batch:
-                raise ValueError(f"{rows.shape[0]} row conditions given for a batch of {batch} rows")
-            rows = rows.to(self.device)
+            rows = self._rows(acts.shape[0])
             pick = lambda t: einops.rearrange(t[rows, layer], "b n -> b 1 n")  # noqa: E731
             out = acts * pick(self.scale).to(acts.dtype)
             out = torch.where(pick(self.set_mask), pick(self.set_value).to(acts.dtype), out)
@@ -273,7 +326,11 @@ class _EditHooks:
         return edit_hook
 
     def hooks(self, model: Any) -> list[tuple[str, Any]]:
-        """(hook point, function) pairs that apply the edits where their sets were located."""
+        """(hook point, function) pairs that apply the edits where their sets were located, and add
+        the residual vectors after their blocks."""
+        return self._neuron_hooks(model) + [(RESID_POINT.format(layer=layer), self.resid_hook(layer)) for layer in self.resid_layers]
+
+    def _neuron_hooks(self, model: Any) -> list[tuple[str, Any]]:
         if self.hook_family == "post" or not model_info(model).gated_mlp:  # a plain MLP's gate is hook_post
             return [(hook_name("post", layer), self.hook(layer)) for layer in self.layers]
         act, out = activation_fn(model, "gate"), []

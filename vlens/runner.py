@@ -29,6 +29,8 @@ from vlens.models import model_info, pad, pad_id, position_ids
 # For a plain (non-gated) MLP that is hook_post itself.
 HOOK_POINTS: dict[str, str] = {"post": "blocks.{layer}.mlp.hook_post", "gate": "blocks.{layer}.mlp.hook_pre"}
 UP_POINT = "blocks.{layer}.mlp.hook_pre_linear"  # x W_in of a gated MLP: hook_post = act(hook_pre) * this
+# The residual stream after block L (TransformerLens' name; the bridge aliases it to blocks.L.hook_out).
+RESID_POINT = "blocks.{layer}.hook_resid_post"
 Hook = tuple[str, Callable[..., Any]]
 
 
