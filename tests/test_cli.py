@@ -50,6 +50,9 @@ def test_models_and_data(capsys):
     (["locate", "--out", "/tmp/vlens-never-written", "--data", "/nonexistent/data"], "/nonexistent/data"),
     (["run", "--resume", "--out", "/tmp/vlens-no-such-run"], "holds no run (no run.json)"),
     (["locate", "--out", "/tmp/vlens-never-written", "--selection", "paper:x"], "takes no value"),
+    (["validate", "--out", "/tmp/vlens-never-written"], "has no locate results yet; run `vlens locate --out"),
+    (["validate", "--gammas", "1"], "the following arguments are required: --out"),
+    (["run", "--resume"], "--resume needs --out"),
 ])  # fmt: skip
 def test_user_errors_are_one_line_and_exit_2(args, message):
     res = run_cli(*args)
