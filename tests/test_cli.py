@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import vlens.validate as V
-from vlens.cli import main
+from vlens.cli import build_parser, main
+from vlens.models import OFFLINE_MODELS
 
-TINY_RUN = ["--model", "tiny-llama", "--max-pairs", "2", "--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1",
-            "--max-questions", "1", "--gammas", "1", "--n-random", "2", "--selection", "top_k:10", "--quiet"]  # fmt: skip
+# Tiny sizes, by stage: each subcommand accepts only the options of the stages it runs.
+TINY_LOCATE = ["--model", "tiny-llama", "--max-pairs", "2", "--selection", "top_k:10", "--quiet"]
+TINY_VALIDATE = ["--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1", "--gammas", "1",
+                 "--n-random", "2"]  # fmt: skip
+TINY_RUN = TINY_LOCATE + TINY_VALIDATE
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -44,6 +50,9 @@ def test_models_and_data(capsys):
     (["locate", "--out", "/tmp/vlens-never-written", "--data", "/nonexistent/data"], "/nonexistent/data"),
     (["run", "--resume", "--out", "/tmp/vlens-no-such-run"], "holds no run (no run.json)"),
     (["locate", "--out", "/tmp/vlens-never-written", "--selection", "paper:x"], "takes no value"),
+    (["validate", "--out", "/tmp/vlens-never-written"], "has no locate results yet; run `vlens locate --out"),
+    (["validate", "--gammas", "1"], "the following arguments are required: --out"),
+    (["run", "--resume"], "--resume needs --out"),
 ])  # fmt: skip
 def test_user_errors_are_one_line_and_exit_2(args, message):
     res = run_cli(*args)
@@ -70,19 +79,19 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
 
 
 def test_bad_selection_and_sizes(tmp_path, capsys):
-    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_RUN, "--selection", "nearest:3"]) == 2
+    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_LOCATE, "--selection", "nearest:3"]) == 2
     assert "unknown selection rule" in capsys.readouterr().err
-    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_RUN, "--max-pairs", "0"]) == 2
+    assert main(["locate", "--out", str(tmp_path / "r"), *TINY_LOCATE, "--max-pairs", "0"]) == 2
     assert "--max-pairs must be at least 1" in capsys.readouterr().err
 
 
 def test_run_directory_checks(tmp_path, capsys):
     folder = tmp_path / "run"
-    assert main(["locate", "--out", str(folder), *TINY_RUN]) == 0
+    assert main(["locate", "--out", str(folder), *TINY_LOCATE]) == 0
     meta = json.loads((folder / "run.json").read_text())
     assert meta["done"] == ["locate"] and (folder / "locate" / "stats.safetensors").exists()
     # same directory, other settings: refused with the differing option named
-    assert main(["locate", "--out", str(folder), *TINY_RUN, "--seed", "5"]) == 2
+    assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--seed", "5"]) == 2
     assert "seed differ" in capsys.readouterr().err
     # `run` into an existing directory without --resume: refused
     assert main(["run", "--out", str(folder), *TINY_RUN]) == 2
@@ -116,8 +125,9 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch, capsys):
 def test_locate_then_validate_with_other_validation_options(tmp_path, capsys):
     """The README's two stages: validate may choose its own options; locate's stay as run.json has them."""
     folder = tmp_path / "run"
-    assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co"]) == 0
-    assert main(["validate", "--out", str(folder), "--gammas", "0.5,2", "--n-random", "3", "--quiet"]) == 0
+    assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--dimensions", "co"]) == 0
+    sizes = ["--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1"]
+    assert main(["validate", "--out", str(folder), *sizes, "--gammas", "0.5,2", "--n-random", "3", "--quiet"]) == 0
     meta = json.loads((folder / "run.json").read_text())
     assert meta["done"] == ["locate", "validate", "generate"]
     assert meta["config"]["model"] == "tiny-llama" and meta["config"]["gammas"] == [0.5, 2.0] and meta["config"]["n_random"] == 3
@@ -131,7 +141,7 @@ def test_locate_then_validate_with_other_validation_options(tmp_path, capsys):
 def test_shards_then_merge_then_validate(tmp_path, capsys):
     folder = tmp_path / "run"
     for i in range(2):  # every task of a job array records the settings, so merge and validate find them
-        assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
+        assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
     assert main(["merge", str(folder)]) == 0
     assert f"continue with: vlens validate --out {folder}" in capsys.readouterr().out
     meta = json.loads((folder / "run.json").read_text())
@@ -142,7 +152,7 @@ def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
     """Issue 15: merge accepted shards whose settings differ from run.json's."""
     folder = tmp_path / "run"
     for i in range(2):
-        assert main(["locate", "--out", str(folder), *TINY_RUN, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
+        assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
     meta = json.loads((folder / "run.json").read_text())
     meta["config"]["hook"] = "gate"  # as if run.json had been written by a run with other settings
     (folder / "run.json").write_text(json.dumps(meta))
@@ -161,7 +171,7 @@ def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
 ])  # fmt: skip
 def test_bad_options_are_refused_before_the_directory_is_written(tmp_path, capsys, bad, message):
     folder = tmp_path / "run"
-    assert main(["locate", "--out", str(folder), *TINY_RUN, *bad]) == 2
+    assert main(["run", "--out", str(folder), *TINY_RUN, *bad]) == 2
     assert message in capsys.readouterr().err
     assert not (folder / "run.json").exists()
 
@@ -194,13 +204,13 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
-        assert main(["locate", "--out", str(out), *TINY_RUN]) == 2
+        assert main(["locate", "--out", str(out), *TINY_LOCATE]) == 2
         assert f"is in use by process {holder.pid}" in capsys.readouterr().err
         assert not (out / "run.json").exists()  # nothing was written
     finally:
         holder.kill()
         holder.wait()
-    assert main(["locate", "--out", str(out), *TINY_RUN]) == 0  # the holder is gone: its lock is stale
+    assert main(["locate", "--out", str(out), *TINY_LOCATE]) == 0  # the holder is gone: its lock is stale
     assert (out / "locate").is_dir() and not (out / "run.lock").exists()  # released when the run ended
 
 
@@ -208,7 +218,7 @@ def test_filesystem_and_file_faults_are_one_line(tmp_path, capsys):
     """Issue 15: these printed tracebacks. Each is now one line naming the path, with exit 2."""
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    assert main(["locate", "--out", str(a_file / "run"), *TINY_RUN]) == 2
+    assert main(["locate", "--out", str(a_file / "run"), *TINY_LOCATE]) == 2
     assert str(a_file) in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
@@ -235,3 +245,80 @@ def test_data_runs_the_prompt_building_of_locate(tmp_path, capsys):
     D.write_records(folder / "descriptions.jsonl", shipped.descriptions)
     assert main(["data", str(folder), "--examples", "0"]) == 0
     assert "locate can build its prompts" in capsys.readouterr().out
+
+
+# The options of each stage, as docs/getting_started.md lists them (written out here, not read from the parser).
+COMMON = {"--out", "--resume", "--full", "--device", "--quiet", "--model", "--data", "--seed", "--batch-size"}
+LOCATE = {"--dimensions", "--scope", "--hook", "--selection", "--max-pairs"}
+VALIDATE = {"--gammas", "--n-random", "--match-frequency", "--no-ablations", "--max-dilemmas", "--max-portrait", "--max-neutral"}
+GENERATE = {"--max-questions"}
+
+
+def help_text(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command,own", [
+    ("run", COMMON | LOCATE | VALIDATE | GENERATE),
+    ("locate", COMMON | LOCATE | {"--shard"}),
+    ("validate", COMMON | VALIDATE | GENERATE),
+])  # fmt: skip
+def test_each_subcommand_shows_only_the_options_of_its_stages(command, own, capsys):
+    """Issue 15: locate listed the validation options and the reverse; a stage's settings come from run.json."""
+    shown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", help_text(command, capsys))) - {"--help"}
+    assert shown == own, f"missing {sorted(own - shown)}, of another stage {sorted(shown - own)}"
+
+
+@pytest.mark.parametrize("argv,option,owners", [
+    (["locate", "--out", "/tmp/vlens-never-written", "--gammas", "0.5,1"], "--gammas", "vlens run, vlens validate"),
+    (["validate", "--out", "/tmp/vlens-never-written", "--max-pairs", "8"], "--max-pairs", "vlens run, vlens locate"),
+])  # fmt: skip
+def test_an_option_of_another_stage_is_a_one_line_error(argv, option, owners, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vlens {argv[0]}: error: unrecognized arguments: {option}")
+    assert f"{option} is an option of {owners}" in err and f"see vlens {argv[0]} --help" in err
+
+
+def test_every_option_has_one_line_of_help_with_its_default(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that argparse wraps no help line
+    parser = build_parser()
+    assert "``" not in parser.format_help()
+    for name, sub in parser.commands.items():
+        text = sub.format_help()
+        assert "``" not in text, name
+        # an option's entry: its line "  --opt ..." and the more indented lines that follow it
+        entries = re.findall(r"^  (-[^\n]*(?:\n {4,}\S[^\n]*)*)", text, re.M)
+        options = [e for e in entries if not e.startswith("-h")]
+        assert len(options) == sum(bool(a.option_strings) for a in sub._actions) - 1, name
+        for entry in options:
+            assert entry.count("\n") <= 1, f"vlens {name}: more than one line of help: {entry}"
+            assert "(default: " in entry or "(required)" in entry, f"vlens {name}: no default shown: {entry}"
+            if entry.startswith("--model"):
+                assert all(m in entry for m in OFFLINE_MODELS), entry
+
+
+def test_a_stage_takes_the_settings_of_the_others_from_run_json(tmp_path, monkeypatch):
+    """--resume needs no retyping, and --full lifts the sizes of the subcommand's own stages only."""
+    import vlens.pipeline as P
+
+    folder = tmp_path / "run"
+    (folder / "locate").mkdir(parents=True)
+    (folder / "locate" / "locate.json").write_text("{}")
+    saved = P.RunConfig(P.LocateConfig(model="tiny-llama", max_pairs=2, seed=3), P.ValidateConfig(n_random=4))
+    (folder / "run.json").write_text(json.dumps({"vlens_version": P.vlens_version(), "config": saved.to_dict(), "done": ["locate"]}))
+    seen = []
+    monkeypatch.setattr(P, "run_pipeline", lambda out, config, **kw: seen.append(config) or Path(out))
+    assert main(["run", "--out", str(folder), "--resume", "--quiet"]) == 0
+    assert seen[-1] == saved
+    assert main(["validate", "--out", str(folder), "--full", "--quiet"]) == 0
+    assert seen[-1].locate == saved.locate  # locate's sizes stay as located
+    v = seen[-1].validate
+    assert v.n_random == 20 and v.gammas == [0.5, 1.0, 2.0] and v.max_dilemmas is None and v.max_questions is None
+    assert main(["locate", "--out", str(tmp_path / "new"), "--full", "--quiet"]) == 0
+    assert seen[-1].locate.max_pairs is None and seen[-1].validate == P.ValidateConfig()

@@ -32,7 +32,7 @@ def test_mkdocs_build_strict(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     for page in ("index.html", "getting_started/index.html", "concepts/index.html", "data_card/index.html",
-                 "results/index.html", "performance/index.html", "api/index.html"):  # fmt: skip
+                 "results/index.html", "performance/index.html", "guarantees/index.html", "api/index.html"):  # fmt: skip
         assert (site / page).is_file(), f"{page} was not built"
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for anchor in (

@@ -1,4 +1,4 @@
-"""The ``vlens`` command: parses options and calls the library, nothing else.
+"""The vlens command: parses options and calls the library, nothing else.
 
     vlens run                      locate + validate + report on the offline default model
     vlens locate / validate / report   one stage into a run directory
@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from vlens.models import DEFAULT_MODEL, OFFLINE_MODELS
 
@@ -25,9 +26,10 @@ class UserError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2, no traceback
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+    commands: dict[str, argparse.ArgumentParser]  # the subcommands' parsers, by name (set on the top-level parser)
+
+    def error(self, message: str) -> None:  # argparse's own errors: one line (no usage block), exit 2, no traceback
+        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -65,18 +67,21 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _config(args: argparse.Namespace):
-    """The run's settings: those given on the command line, the rest from run.json when resuming, else the defaults."""
-    from vlens.pipeline import FULL, SETTINGS, RunConfig, check_run_dir
+def _config(args: argparse.Namespace, stages: tuple[str, ...]):
+    """The run's settings: those given on the command line, the rest from run.json when resuming, else the defaults.
+    ``--full`` lifts the sample sizes of ``stages`` only: a later stage never changes what an earlier one fixed."""
+    from vlens.pipeline import FULL, SETTINGS, STAGE_SECTION, RunConfig, check_run_dir
 
     given = {k: v for k, v in vars(args).items() if k in SETTINGS}  # run options default to absent (SUPPRESS)
+    sections = {STAGE_SECTION[s] for s in stages if s in STAGE_SECTION}
+    full = {k: v for k, v in FULL.items() if SETTINGS[k] in sections} if "full" in args else {}
     if "no_ablations" in args:
         given["ablations"] = False
     if "data" in args:
         given["data_dir"] = str(Path(args.data).resolve())
     resuming = (args.resume or args.command != "run") and (Path(args.out) / "run.json").exists()
     saved = check_run_dir(args.out)["config"] if resuming else {}
-    return RunConfig.from_dict(RunConfig().to_dict() | saved | (FULL if "full" in args else {}) | given)
+    return RunConfig.from_dict(RunConfig().to_dict() | saved | full | given)
 
 
 def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
@@ -86,8 +91,12 @@ def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
     if shard is not None and not args.out:
         raise UserError("--shard needs --out: every shard of a job array writes into the same run directory")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out: the run directory to continue")
+    if "locate" not in stages and not (Path(args.out) / "locate" / "locate.json").exists():
+        raise UserError(f"{args.out} has no locate results yet; run `vlens locate --out {args.out}` first")
     args.out = args.out or time.strftime("runs/run-%Y%m%d-%H%M%S")  # fixed now, so an interrupted run can name it
-    folder = run_pipeline(args.out, _config(args), resume=args.resume or args.command != "run", stages=stages,
+    folder = run_pipeline(args.out, _config(args, stages), resume=args.resume or args.command != "run", stages=stages,
                           device=args.device, shard=shard, progress=not args.quiet)  # fmt: skip
     if shard is not None:
         return 0
@@ -109,6 +118,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import vlens
+    from vlens._io import atomic_write_text
     from vlens.evaluate import Instruments
     from vlens.locate import LocateResult
     from vlens.pipeline import check_run_dir
@@ -130,7 +140,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                      data=data, prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
     out = result.save(folder / "compare")
     for name, fig in compare_figures(result).items():
-        (out / f"{name}.html").write_text(f'<img src="{figure_to_data_uri(fig)}">')
+        atomic_write_text(out / f"{name}.html", f'<img src="{figure_to_data_uri(fig)}">')
     print(result.summary().to_string(index=False))
     print(f"\ncomparison: {out}")
     return 0
@@ -187,79 +197,145 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+# The subcommands that run stages, with the stages each runs; a subcommand accepts the options of its stages only
+# (the others come from run.json), plus the common ones.
+RUN_COMMANDS = {
+    "run": (("locate", "validate", "generate", "report"), "locate, validate, generate and report (quick sizes by default)"),
+    "locate": (("locate",), "locate value neurons into a run directory"),
+    "validate": (("validate", "generate"), "validate the neurons of a run directory causally, then generate answers"),
+}
+_RUN_NOTE = "Options left out come from --out's run.json when it holds a run, else from the defaults shown."
+_DEVICE = "cuda if torch sees a GPU, else cpu"
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, unless the help names it already (options whose value
+    comes from run.json have no argparse default and write theirs out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (argparse.SUPPRESS, None):
+            return text
+        return f"{text} (default: {_shown(action.default)})"
+
+
+def _shown(value: object) -> str:
+    """A default as a user would type it: 0.5,1,2 for lists, on/off for flags."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in value)
+    return str(value).replace("%", "%%")  # help strings are %-formatted
+
+
+def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
+    """The common options, then one group per stage in ``stages``; each help ends with the config's default."""
     from vlens.activations import SCOPES
+    from vlens.pipeline import FULL, SETTINGS, STAGE_SECTION, RunConfig
     from vlens.runner import HOOK_POINTS
 
-    p.add_argument("--model", help=f"model name (default {DEFAULT_MODEL}, offline)")
-    p.add_argument("--out", default=None, help="run directory (default runs/run-DATE-TIME)")
-    p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out with its saved options")
-    p.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default all four)")
-    p.add_argument("--scope", choices=SCOPES, help="tokens that count when locating (default question)")
-    p.add_argument("--hook", choices=list(HOOK_POINTS), help="post = mlp.hook_post (default); gate = act(hook_pre)")
-    p.add_argument("--selection", help="paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]")
-    p.add_argument("--max-pairs", type=int, help="prompt pairs per dimension for locate (quick default 24)")
-    p.add_argument("--max-dilemmas", type=int, help="held-out dilemmas per dimension for validate")
-    p.add_argument("--max-portrait", type=int, help="portrait items for validate")
-    p.add_argument("--max-neutral", type=int, help="neutral texts for the capability cost")
-    p.add_argument("--max-questions", type=int, help="held-out questions per dimension to answer under edits")
-    p.add_argument("--full", action="store_true", help="use every prompt and every instrument item (hours on a CPU)")
-    p.add_argument("--gammas", type=_floats, help="edit strengths, e.g. 0.5,1,2 (quick default 1)")
-    p.add_argument("--n-random", type=int, help="random neuron sets per condition, >= 2 (quick default 3, --full 20)")
-    p.add_argument("--match-frequency", action="store_true", help="match random sets on activation frequency too")
-    p.add_argument("--no-ablations", action="store_true", help="skip the clamp-only and boost-only conditions")
-    p.add_argument("--batch-size", type=int, help="default 16")
-    p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--data", help="a folder of your own value data in vlens' schemas")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    defaults = {k: _shown(v) for k, v in RunConfig().to_dict().items()} | {"dimensions": "all four"}
+    lifted = [k for k in FULL if SETTINGS[k] in {STAGE_SECTION[s] for s in stages if s in STAGE_SECTION}]  # as _config
+
+    def add(group: Any, flag: str, text: str, **kw: Any) -> None:
+        default = defaults.get(flag[2:].replace("-", "_"))  # the setting of the same name, when there is one
+        group.add_argument(flag, help=text if default is None else f"{text} (default: {default})", **kw)
+
+    g = p.add_argument_group("run directory")
+    if stages[0] == "validate":  # validate continues a located run; it never starts one
+        g.add_argument("--out", metavar="DIR", required=True, help="the run directory that locate wrote (required)")
+    else:
+        g.add_argument("--out", metavar="DIR", default=None, help="the run directory (default: runs/run-DATE-TIME)")
+    g.add_argument("--resume", action="store_true", default=False, help="continue --out's run with run.json's options")
+    full = ", ".join(f"--{k.replace('_', '-')} {'all' if FULL[k] is None else _shown(FULL[k])}" for k in lifted)
+    g.add_argument("--full", action="store_true", help=f"full sizes: {full}; hours on a CPU (default: off)")
+    g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    g = p.add_argument_group("model and data (locate settings: fixed once locate is done)")
+    add(g, "--model", f"{', '.join(OFFLINE_MODELS)} load offline, other names need the hub", metavar="NAME")
+    g.add_argument("--data", metavar="DIR", help="your value data in vlens' schemas (default: the shipped ValueInsight)")
+    add(g, "--seed", "seed of the prompt sample and the random neuron sets", metavar="N", type=int)
+    add(g, "--batch-size", "prompts per forward pass", metavar="N", type=int)
+    if "locate" in stages:
+        g = p.add_argument_group("locate")
+        add(g, "--dimensions", "comma-separated, e.g. oc,co", metavar="DIMS", type=_dims)
+        add(g, "--scope", "tokens that count when locating", choices=SCOPES)
+        add(g, "--hook", "post = mlp.hook_post, gate = act(hook_pre)", choices=list(HOOK_POINTS))
+        add(g, "--selection", "paper | top_k:N | top_frac:F | threshold:T [,per_layer][,score=NAME]", metavar="RULE")
+        add(g, "--max-pairs", "prompt pairs per dimension", metavar="N", type=int)
+    if "validate" in stages:
+        g = p.add_argument_group("validate")
+        add(g, "--gammas", "edit strengths, e.g. 0.5,1,2", metavar="G,G", type=_floats)
+        add(g, "--n-random", "random neuron sets per condition, >= 2", metavar="N", type=int)
+        add(g, "--match-frequency", "match random sets on activation frequency too", action="store_true")
+        g.add_argument("--no-ablations", action="store_true", help="no clamp-only and boost-only runs (default: off)")
+        add(g, "--max-dilemmas", "held-out dilemmas per dimension", metavar="N", type=int)
+        add(g, "--max-portrait", "portrait items", metavar="N", type=int)
+        add(g, "--max-neutral", "neutral texts for the capability cost", metavar="N", type=int)
+    if "generate" in stages:
+        g = p.add_argument_group("generate and report")
+        add(g, "--max-questions", "held-out questions per dimension to answer under edits", metavar="N", type=int)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vlens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> _Parser:
+    parser = _Parser(prog="vlens", description=__doc__, formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, stages, help_text in (
-        ("run", ("locate", "validate", "generate", "report"), "locate, validate and report on defaults"),
-        ("locate", ("locate",), "locate value neurons into a run directory"),
-        ("validate", ("validate", "generate"), "validate the neurons of a run directory causally"),
-    ):
-        p = sub.add_parser(name, help=help_text, argument_default=argparse.SUPPRESS)  # absent unless given
-        _add_run_options(p)
+    parser.commands = sub.choices
+    for name, (stages, help_text) in RUN_COMMANDS.items():
+        # argument_default SUPPRESS: an option not given is absent, so run.json's value is kept
+        p = sub.add_parser(name, help=help_text, description=f"vlens {name}: {help_text}.\n\n{_RUN_NOTE}",
+                           formatter_class=_Help, argument_default=argparse.SUPPRESS)  # fmt: skip
+        _add_run_options(p, stages)
         if name == "locate":
-            p.add_argument("--shard", metavar="I/N", help="run only shard I of N (job arrays); then `vlens merge DIR`")
+            job = p.add_argument_group("job arrays")
+            job.add_argument("--shard", metavar="I/N", help="shard I of N only, then vlens merge DIR (default: all)")
         p.set_defaults(func=lambda a, stages=stages: _run_stages(a, stages))
-    cmp = sub.add_parser("compare", help="compare neuron selectors (paper, mean diff, LAPE, probe, attribution, random)")
+
+    def cmd(name: str, text: str) -> _Parser:
+        return sub.add_parser(name, help=text, description=f"vlens {name}: {text}", formatter_class=_Help)
+
+    cmp = cmd("compare", "compare neuron selectors (paper, mean diff, LAPE, probe, attribution, random)")
     cmp.add_argument("run_dir", help="a run directory with locate results")
-    cmp.add_argument("--dimensions", type=_dims)
-    cmp.add_argument("--selectors", type=lambda t: [x for x in t.split(",") if x], help="comma-separated (default all)")
-    cmp.add_argument("--sizes", type=_fractions, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons, e.g. 0.001,0.01")
-    cmp.add_argument("--gammas", type=_floats, default=[1.0])
-    cmp.add_argument("--n-random", type=int, default=10)
-    cmp.add_argument("--max-dilemmas", type=int, default=4)
-    cmp.add_argument("--max-portrait", type=int, default=19)
-    cmp.add_argument("--max-neutral", type=int, default=2)
-    cmp.add_argument("--device")
-    cmp.add_argument("--quiet", action="store_true")
+    cmp.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default: those located)")
+    cmp.add_argument("--selectors", type=lambda t: [x for x in t.split(",") if x], help="comma-separated (default: all)")
+    cmp.add_argument("--sizes", type=_fractions, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons")
+    cmp.add_argument("--gammas", type=_floats, default=[1.0], help="edit strengths")
+    cmp.add_argument("--n-random", type=int, default=10, help="random neuron sets per condition, >= 2")
+    cmp.add_argument("--max-dilemmas", type=int, default=4, help="held-out dilemmas per dimension")
+    cmp.add_argument("--max-portrait", type=int, default=19, help="portrait items")
+    cmp.add_argument("--max-neutral", type=int, default=2, help="neutral texts for the capability cost")
+    cmp.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    cmp.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
-    merge = sub.add_parser("merge", help="sum the partial statistics of `vlens locate --shard I/N` tasks")
-    merge.add_argument("run_dir")
+    merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
+    merge.add_argument("run_dir", help="the run directory the shards wrote into")
     merge.set_defaults(func=_cmd_merge)
-    rep = sub.add_parser("report", help="write report.html and report.md for a run directory")
-    rep.add_argument("run_dir")
-    rep.add_argument("--no-neurons", action="store_true", help="skip the circuitsvis neuron views (no model needed)")
+    rep = cmd("report", "write report.html and report.md for a run directory")
+    rep.add_argument("run_dir", help="a run directory")
+    rep.add_argument("--no-neurons", action="store_true", default=False, help="no circuitsvis neuron views (no model)")
     rep.set_defaults(func=_cmd_report)
-    models = sub.add_parser("models", help="which models load offline and which need the hub")
-    models.set_defaults(func=_cmd_models)
-    data = sub.add_parser("data", help="counts and examples of the bundled value data or of your own files")
+    cmd("models", "which models load offline and which need the hub").set_defaults(func=_cmd_models)
+    data = cmd("data", "counts and examples of the bundled value data or of your own files")
     data.add_argument("data_dir", nargs="?", help="a folder of your own files (default: the bundled ValueInsight)")
     data.add_argument("--examples", type=_count, default=1, help="records to show per part")
     data.set_defaults(func=_cmd_data)
-    card = sub.add_parser("card", help="load a model, print its card and answer one question")
-    card.add_argument("--model", default=DEFAULT_MODEL)
-    card.add_argument("--device")
-    card.add_argument("--question", default="What is the capital of France?")
+    card = cmd("card", "load a model, print its card and answer one question")
+    card.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(OFFLINE_MODELS)} load offline, others: hub")
+    card.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    card.add_argument("--question", default="What is the capital of France?", help="the question to answer")
     card.set_defaults(func=_cmd_card)
     return parser
+
+
+def _unrecognized(parser: _Parser, command: str | None, unknown: list[str]) -> str:
+    """argparse's message, plus which subcommands take an option that this one does not (a stage's options)."""
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    for option in (a.split("=", 1)[0] for a in unknown if a.startswith("--")):
+        owners = [name for name, p in parser.commands.items() if option in p._option_string_actions]
+        if owners and command:
+            where = ", ".join(f"vlens {o}" for o in owners)
+            return f"{message} ({option} is an option of {where}, not of vlens {command})"
+    return message
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -268,7 +344,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        (parser.commands[args.command] if args.command else parser).error(_unrecognized(parser, args.command, unknown))
     if args.command is None:
         parser.print_help()
         return 2
@@ -280,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a scheduler's stop, `kill`) ends a run the way Ctrl-C does: checkpoints kept, resume command printed.
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if getattr(args, "resume", False) and not (Path(args.out) / "run.json").exists():
+        if getattr(args, "resume", False) and args.out and not (Path(args.out) / "run.json").exists():
             raise UserError(f"--resume: {args.out} holds no run (no run.json); leave out --resume to start one there")
         return args.func(args)
     except (UserError, ModelNotAvailableError, RunDirError, DataFormatError, ValueError, FileNotFoundError) as err:
