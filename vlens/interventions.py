@@ -224,7 +224,8 @@ class _EditHooks:
         self.keep_prob = [e.keep_prob for e in edits]
         self.rows = rows
         self.step = -1  # forward steps seen (0 = prompt, 1.. = KV-cached decoding steps)
-        self.layers = [int(layer) for layer in torch.stack([e.touched_layers() for e in edits]).any(0).nonzero()]
+        self.touched = torch.stack([e.touched_layers() for e in edits])  # [edit, layer]
+        self.layers = [int(layer) for layer in self.touched.any(0).nonzero()]
         hooks = {e.hook for e in edits if e.touched_layers().any()}
         if len(hooks) > 1:
             raise ValueError(f"edits of sets located at different hook points ({sorted(hooks)}) cannot run in one pass")
@@ -262,6 +263,8 @@ class _EditHooks:
             rows = self.rows if self.rows is not None else torch.zeros(batch, dtype=torch.long)
             if rows.shape[0] != batch:
                 raise ValueError(f"{rows.shape[0]} row conditions given for a batch of {batch} rows")
+            if not self.touched[rows.cpu(), layer].any():
+                return acts  # no row's edit changes this layer (e.g. an unedited shared prefix): skip the work
             rows = rows.to(self.device)
             pick = lambda t: einops.rearrange(t[rows, layer], "b n -> b 1 n")  # noqa: E731
             out = acts * pick(self.scale).to(acts.dtype)
