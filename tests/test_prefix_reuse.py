@@ -47,8 +47,8 @@ def test_orientation_agrees_on_gpt2(tiny_gpt2):
     ns = vlens.NeuronSet("Conservation", "+", torch.randint(0, 3, (10,), generator=g), torch.randperm(96, generator=g)[:10],
                          torch.ones(10), info.n_layers, info.d_mlp, act_prob=torch.rand(10, generator=g), delta=torch.rand(10, generator=g))  # fmt: skip
     edits = [Edit.identity(3, 96), value_edit((3, 96), ns, None, 2.0, seed=1)]
-    a = evaluate_edits(tiny_gpt2, edits, inst, prefix_reuse=False)
-    b = evaluate_edits(tiny_gpt2, edits, inst, prefix_reuse=True)
+    a = evaluate_edits(tiny_gpt2, edits, inst, scope="all", prefix_reuse=False)
+    b = evaluate_edits(tiny_gpt2, edits, inst, scope="all", prefix_reuse=True)
     for x, y in zip(a, b, strict=True):
         for key in ("orientation", "letter_orientation", "portrait"):
             for d in x[key]:
@@ -65,8 +65,8 @@ def test_prefix_reuse_on_the_offline_model(smollm):
         assert torch.equal(ns.mask(), reused[name].mask())
     inst = Instruments.default(max_dilemmas=1, max_portrait=4, max_neutral=1)
     edits = [Edit.identity(30, 1536), value_edit((30, 1536), full_["Conservation:+"], full_["Conservation:-"], 1.0)]
-    a = evaluate_edits(smollm, edits, inst, prefix_reuse=False)
-    b = evaluate_edits(smollm, edits, inst, prefix_reuse=True)
+    a = evaluate_edits(smollm, edits, inst, scope="all", prefix_reuse=False)
+    b = evaluate_edits(smollm, edits, inst, scope="all", prefix_reuse=True)
     for x, y in zip(a, b, strict=True):
         for d in x["orientation"]:
             assert y["orientation"][d] == pytest.approx(x["orientation"][d], abs=1e-5)

@@ -33,10 +33,10 @@ def test_batched_conditions_equal_the_per_condition_loop(tiny_llama, located, in
     shape = (3, 96)
     t, o = located["Conservation:+"], located["Conservation:-"]
     edits = [Edit.identity(*shape)] + [value_edit(shape, t, o, g, seed=1) for g in (0.5, 3.0)] + [value_edit(shape, o, t, 2.0, mode="boost_only")]
-    batched = evaluate_edits(tiny_llama, edits, instruments, batch_size=7)
+    batched = evaluate_edits(tiny_llama, edits, instruments, batch_size=7, scope="all")
     for i, e in enumerate(edits[1:], 1):
         # the per-condition loop over full prompts: no batching of conditions, no prefix reuse
-        alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3, prefix_reuse=False)[1]
+        alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3, scope="all", prefix_reuse=False)[1]
         for key in ("orientation", "letter_orientation", "portrait"):
             for dim, v in alone[key].items():
                 assert batched[i][key][dim] == pytest.approx(v, abs=1e-5)
@@ -86,7 +86,7 @@ def test_validate_table_and_summary(tmp_path, tiny_llama, located, instruments):
     result = validate(tiny_llama, located, instruments=instruments, dimensions=["co"], gammas=[1.0], n_random=3,
                       batch_size=16, progress=False)  # fmt: skip
     t = result.table
-    assert result.meta["dimensions"] == ["Conservation"] and set(t.steered) == {"", "Conservation"}  # short names resolve
+    assert result.meta["scope"] == "answer" and result.meta["dimensions"] == ["Conservation"] and set(t.steered) == {"", "Conservation"}  # short names resolve
     assert list(t.columns) == TABLE_COLUMNS
     assert set(t.selector) == {"", "delta"} and set(t.loc[t.source != "none", "size"]) == {8}
     assert set(t.source) == {"none", "value", "random"} and set(t["mode"]) >= {"paper", "boost_only", "clamp_only"}

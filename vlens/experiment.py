@@ -106,8 +106,11 @@ def steering_conditions(
 
 
 def run(model: Any, conditions: Sequence[Condition], instruments: Instruments, *, batch_size: int = 32,
-        progress: bool = True) -> pd.DataFrame:  # fmt: skip
+        progress: bool = True, scope: str = "answer") -> pd.DataFrame:  # fmt: skip
     """The tidy table of the unedited model (the KL reference, evaluated first) and ``conditions``.
+
+    ``scope`` is where the edits act (:func:`vlens.evaluate.evaluate_edits`): ``"answer"`` (the
+    last prompt token and the answer) or ``"all"`` (every token).
 
     Over the N ranks of a torch.distributed group, every rank evaluates the reference and every
     N-th condition, and every rank gets the whole table, in the order of ``conditions``.
@@ -116,7 +119,7 @@ def run(model: Any, conditions: Sequence[Condition], instruments: Instruments, *
     conditions = [Condition("none", Edit.identity(info.n_layers, info.d_mlp, label="unedited")), *conditions]
     rank, world = distributed.rank_world()
     mine = [j for j in range(len(conditions)) if j == 0 or j % world == rank]
-    local = evaluate_edits(model, [conditions[j].edit for j in mine], instruments, batch_size=batch_size, progress=progress)
+    local = evaluate_edits(model, [conditions[j].edit for j in mine], instruments, batch_size=batch_size, progress=progress, scope=scope)
     part = list(zip(mine, local, strict=True))
     metrics: dict[int, dict[str, Any]] = {}
     for each in distributed.gather_objects(part) if world > 1 else [part]:

@@ -254,7 +254,8 @@ class _EditHooks:
         self.keep_prob = [e.keep_prob for e in edits]
         self.rows = rows
         self.step = -1  # forward steps seen (0 = prompt, 1.. = KV-cached decoding steps)
-        self.layers = [int(layer) for layer in torch.stack([e.neuron_layers() for e in edits]).any(0).nonzero()]
+        self.touched = torch.stack([e.neuron_layers() for e in edits])  # [edit, layer]: neuron edits
+        self.layers = [int(layer) for layer in self.touched.any(0).nonzero()]
         self.resid_layers = [int(layer) for layer in torch.stack([e.resid_layers() for e in edits]).any(0).nonzero()]
         # Edits without residual vectors add zeros in a batch where others add one.
         zeros = torch.zeros(info.n_layers, info.d_model)
@@ -316,6 +317,8 @@ class _EditHooks:
             if not self._tick("neuron", layer, acts.shape[1]):
                 return acts
             rows = self._rows(acts.shape[0])
+            if not self.touched[rows.cpu(), layer].any():
+                return acts  # no row's edit changes this layer (e.g. an unedited shared prefix): skip the work
             pick = lambda t: einops.rearrange(t[rows, layer], "b n -> b 1 n")  # noqa: E731
             out = acts * pick(self.scale).to(acts.dtype)
             out = torch.where(pick(self.set_mask), pick(self.set_value).to(acts.dtype), out)

@@ -85,11 +85,14 @@ def validate(
     keep_prob: float = 0.9,
     batch_size: int = 32,
     progress: bool = True,
+    scope: str = "answer",
 ) -> ValidationResult:
     """Validate located neurons causally (see the module docstring); returns a tidy table.
 
     ``neuron_sets`` is a :class:`~vlens.locate.LocateResult` (its statistics are used for the
-    random controls) or a dict ``"<dimension>:<pole>" -> NeuronSet`` with ``stats``.
+    random controls) or a dict ``"<dimension>:<pole>" -> NeuronSet`` with ``stats``. ``scope``
+    is where the edits act (:func:`vlens.evaluate.evaluate_edits`): ``"answer"`` (the last
+    prompt token and the answer; the neutral text of the cost everywhere) or ``"all"``.
     """
     if isinstance(neuron_sets, LocateResult):
         stats = stats or neuron_sets.stats
@@ -113,10 +116,11 @@ def validate(
             target, opposing = neuron_sets[f"{d}:{direction}"], neuron_sets[f"{d}:{'-' if direction == '+' else '+'}"]
             conditions += steering_conditions(shape, target, opposing, gammas, modes=modes, n_random=n_random, stats=stats,
                                               match_frequency=match_frequency, keep_prob=keep_prob, seed=seed)  # fmt: skip
-    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress)
+    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
     meta = {
         "model": info.to_dict(), "vlens_version": vlens_version(), "dimensions": dims, "directions": list(directions),
         "gammas": gammas, "n_random": n_random, "match_frequency": match_frequency, "seed": seed, "keep_prob": keep_prob,
+        "scope": scope,
         "n_conditions": len(conditions) + 1, "instrument_sizes": {k: len(v) for k, v in vars(instruments).items()},
         "instruments_sha256": sha256_json(vars(instruments)),
         "neuron_sets": {k: {"size": len(v), "provenance_dataset": v.provenance.get("dataset_sha256"),

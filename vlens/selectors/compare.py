@@ -85,6 +85,7 @@ def compare(
     random_match: str | None = "delta", data: ValueData | None = None, prompts: Sequence[Prompt] | None = None,
     dilemmas: Sequence[dict[str, Any]] | None = None, n_attribution_items: int = 16, probe_C: float = 1.0,
     keep_prob: float = 0.9, seed: int = 0, batch_size: int = 32, selector_batch_size: int = 8, progress: bool = True,
+    scope: str = "answer",
 ) -> CompareResult:  # fmt: skip
     """Compare selectors on the same footing (see :mod:`vlens.selectors`).
 
@@ -100,7 +101,7 @@ def compare(
     probe's prompts (unless ``prompts`` are given) and the attribution dilemmas come from it.
     Attribution patching differentiates ``dilemmas`` (default: up to ``n_attribution_items``
     dilemmas of ``data`` per dimension that are *not* among the evaluation items; a warning
-    when given ones are).
+    when given ones are). ``scope`` is where the edits act (:func:`vlens.evaluate.evaluate_edits`).
     """
     stats = stats.stats if isinstance(stats, LocateResult) else stats
     info = model_info(model)
@@ -161,7 +162,7 @@ def compare(
                                               modes=(), n_random=n_random, selector=pool, stats=stats, draw=draw,
                                               keep_prob=keep_prob, seed=seed)  # fmt: skip
     start = time.perf_counter()
-    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress)
+    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
     eval_s = time.perf_counter() - start
 
     overlap = pd.DataFrame(
@@ -174,7 +175,7 @@ def compare(
         "model": info.to_dict(), "vlens_version": vlens_version(), "provenance": provenance_of(stats), "dimensions": dims,
         "sizes": ks, "size_fractions": [k / (len(stats.layers) * stats.d_mlp) for k in ks], "selectors": names,
         "gammas": gammas, "n_random": n_random, "random_match": random_match, "keep_prob": keep_prob, "seed": seed,
-        "probe_C": probe_C, "n_conditions": len(conditions) + 1, "evaluation_wall_s": eval_s,
+        "scope": scope, "probe_C": probe_C, "n_conditions": len(conditions) + 1, "evaluation_wall_s": eval_s,
         "instrument_sizes": {k: len(v) for k, v in vars(instruments).items()}, "instruments_sha256": sha256_json(vars(instruments)),
         "attribution_dilemmas": sorted(d.get("id", "") for d in dilemmas) if dilemmas is not None else None,
         "sets": {f"{s}|{d}|{p}|{k}": ns.params for (s, d, p, k), ns in sets.items() if s in names},
