@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from vlens.instruments.portrait import portrait_scores
 from vlens.values import BASIC_VALUES, DIMENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-V1_COMMIT = "c0ee5ce"  # the last commit with ValueInsight v1 in the package
 V1_SHA256 = "cc0f6145f8b2c240a7a7a4c88ee01e5282d1bc0657275c461c362a648d50c8d2"  # its fingerprint (v1 data card)
 
 
@@ -344,25 +342,8 @@ def test_a_reverse_keyed_item_counts_negatively():
 # ---------------------------------------------------------------------------------------------- v1 still loads
 
 
-@pytest.fixture(scope="module")
-def v1_dir(tmp_path_factory):
-    """The v1 files of commit c0ee5ce, in the old layout (no VERSION, no pairs)."""
-    folder = tmp_path_factory.mktemp("v1")
-    try:
-        listing = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", V1_COMMIT,
-                                  "vlens/data/valueinsight"], capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"needs the git history (commit {V1_COMMIT}) to extract the v1 files")
-    for path in (p for p in listing if p.endswith(".jsonl")):
-        out = folder / Path(path).relative_to("vlens/data/valueinsight")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(subprocess.run(["git", "-C", str(ROOT), "show", f"{V1_COMMIT}:{path}"], capture_output=True,
-                                       check=True).stdout)  # fmt: skip
-    return folder
-
-
-def test_v1_data_still_loads_and_builds_its_prompts(v1_dir):
-    v1 = D.load_value_data(v1_dir)
+def test_v1_data_still_loads_and_builds_its_prompts(v1_data_dir):
+    v1 = D.load_value_data(v1_data_dir)
     assert v1.version == 1 and v1.sha256 == V1_SHA256  # the same records, no field added
     assert len(v1.descriptions) == 640 and not any("pair" in d for d in v1.descriptions)
     assert v1.descriptions_of("test") == v1.descriptions_of("search") == v1.descriptions  # shared by both splits
