@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 import vlens
+
+V1_COMMIT = "c0ee5ce"  # the last commit with ValueInsight v1 in the package
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +49,24 @@ def small_data():
             questions.append({"id": f"{dim}.q{i}", "dimension": dim, "domain": "work", "split": "search" if i < 3 else "test",
                               "text": f"Situation {i} at work for {dim}: a choice comes up{'!' * i} What would you do?"})
     return ValueData(descriptions=descriptions, questions=questions, source="test fixture")
+
+
+@pytest.fixture(scope="session")
+def v1_data_dir(tmp_path_factory):
+    """ValueInsight v1 (commit c0ee5ce) in its old layout (no VERSION, no pairs), extracted from git."""
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        listing = subprocess.run([*git, "ls-tree", "-r", "--name-only", V1_COMMIT, "vlens/data/valueinsight"],
+                                 capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history (commit {V1_COMMIT}) to extract the v1 data")
+    folder = tmp_path_factory.mktemp("valueinsight_v1")
+    for path in (p for p in listing if p.endswith(".jsonl")):
+        out = folder / Path(path).relative_to("vlens/data/valueinsight")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(subprocess.run([*git, "show", f"{V1_COMMIT}:{path}"], capture_output=True, check=True).stdout)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,9 @@ def test_models_and_data(capsys):
     assert "smollm2-135m-instruct" in capsys.readouterr().out
     assert main(["data", "--examples", "1"]) == 0
     out = capsys.readouterr().out
-    assert "descriptions: 640" in out and "Conservation +" in out
+    assert "descriptions: 640" in out and "Conservation + search" in out
+    # the per-dimension gate numbers (issue 14)
+    assert "quality gates" in out and "Self-Transcendence   dilemma options" in out and "near-duplicates" in out
 
 
 @pytest.mark.parametrize("args,message", [
@@ -238,13 +240,18 @@ def test_data_runs_the_prompt_building_of_locate(tmp_path, capsys):
 
     shipped = D.load_value_data()
     folder = tmp_path / "mine"
-    D.write_records(folder / "descriptions.jsonl", [d for d in shipped.descriptions if d["pole"] == "+"])
+    unpaired = [{k: v for k, v in d.items() if k != "pair"} for d in shipped.descriptions]  # v1 layout: no pairs
+    D.write_records(folder / "descriptions.jsonl", [d for d in unpaired if d["pole"] == "+"])
     D.write_records(folder / "questions.jsonl", shipped.questions)
     assert main(["data", str(folder)]) == 2
     assert "both poles need descriptions" in capsys.readouterr().err
+    D.write_records(folder / "descriptions.jsonl", [d for d in shipped.descriptions if d["pole"] == "+"])
+    assert main(["data", str(folder)]) == 2  # v2: a description without its partner is refused at load
+    assert "needs exactly one '+' and one '-' description" in capsys.readouterr().err
     D.write_records(folder / "descriptions.jsonl", shipped.descriptions)
     assert main(["data", str(folder), "--examples", "0"]) == 0
-    assert "locate can build its prompts" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "locate can build its prompts" in out and "(version 2," in out
 
 
 # The options of each stage, as docs/getting_started.md lists them (written out here, not read from the parser).

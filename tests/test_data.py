@@ -9,7 +9,7 @@ import pytest
 
 import vlens.data as D
 from vlens.data.quality import NEAR_DUPLICATE, most_similar, wording
-from vlens.values import DIMENSIONS, REFINED_VALUES, SCORING_KEY, dimension
+from vlens.values import BASIC_VALUES, DIMENSIONS, REFINED_VALUES, SCORING_KEY, dimension
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def test_counts_and_balance(data):
         assert len([f for f in data.dilemmas if f["dimension"] == dim]) >= 60
     assert len(data.descriptions) == 640 and len(data.questions) >= 1600
     per_refined = Counter(p["value"] for p in data.portrait_items)
-    assert set(per_refined) == set(REFINED_VALUES) and min(per_refined.values()) >= 3
+    assert set(per_refined) == set(REFINED_VALUES) and min(per_refined.values()) >= 2
+    per_basic = Counter((p["basic_value"], p["keyed"]) for p in data.portrait_items)
+    assert per_basic == {(v, k): 4 for v in BASIC_VALUES for k in "+-"}  # 8 per basic value, half reverse-keyed
     assert len(data.neutral_text) >= 40
 
 
@@ -50,10 +52,12 @@ def test_no_near_duplicates(data, part):
     recs = data.parts()[part]
     groups = {r.get("dimension", "all") for r in recs}
     for g in groups:
-        sub = [r for r in recs if r.get("dimension", "all") == g]
-        texts = [r.get("text") or r["context"] for r in sub]
-        jac, i, j = most_similar(texts)
-        assert jac < NEAR_DUPLICATE, f"{sub[i]['id']} and {sub[j]['id']} are near-duplicates (3-gram Jaccard {jac:.2f})"
+        # A minimal pair shares its frame by design: one pole at a time for descriptions.
+        for pole in ("+", "-") if part == "descriptions" else (None,):
+            sub = [r for r in recs if r.get("dimension", "all") == g and r.get("pole") == pole]
+            texts = [r.get("text") or r["context"] for r in sub]
+            jac, i, j = most_similar(texts)
+            assert jac < NEAR_DUPLICATE, f"{sub[i]['id']} and {sub[j]['id']} are near-duplicates (3-gram Jaccard {jac:.2f})"
 
 
 @pytest.mark.parametrize("part,field", [("questions", "text"), ("dilemmas", "context")])
@@ -133,7 +137,7 @@ def test_user_files_round_trip(tmp_path, data):
     import csv
 
     with open(tmp_path / "q.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "dimension", "domain", "split", "text"])
+        w = csv.DictWriter(f, fieldnames=["id", "dimension", "domain", "split", "group", "text"])
         w.writeheader()
         w.writerows(data.questions[:5])
     assert D.read_records(tmp_path / "q.csv", "questions") == data.questions[:5]

@@ -3,6 +3,7 @@
 ``tests/golden/`` holds what the old code paths computed on a fixed small input on the
 offline model (``tests/golden/make_golden.py`` at commit 70401e5): the refactored code
 must give the same statistics (1e-6), the same neuron sets and the same validation table (1e-5).
+The input is ValueInsight v1 (the data of the golden files), extracted from git.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ pytestmark = pytest.mark.model
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_locate_matches_golden(smollm, name):
-    result = vlens.locate(smollm, dimensions=DIMENSIONS, max_pairs=6, layers=LAYERS, batch_size=4,
-                          selection="top_k:40", progress=False, **RUNS[name])  # fmt: skip
+def test_locate_matches_golden(smollm, name, v1_data_dir):
+    result = vlens.locate(smollm, vlens.load_value_data(v1_data_dir), dimensions=DIMENSIONS, max_pairs=6, layers=LAYERS,
+                          batch_size=4, selection="top_k:40", progress=False, **RUNS[name])  # fmt: skip
     golden = vlens.NeuronStats.load(GOLDEN / f"stats_{name}")
     assert result.stats.classes == golden.classes and result.stats.layers == golden.layers
     for field in ("tokens", "active", "prompts"):
@@ -45,11 +46,11 @@ def test_locate_matches_golden(smollm, name):
         assert torch.equal(ns.mask(), old.mask()), key
 
 
-def test_validation_matches_golden(smollm):
-    full = vlens.locate(smollm, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False)
-    instruments = Instruments.default(max_dilemmas=2, max_portrait=4, max_neutral=1, max_questions=0)
-    res = validate(smollm, full, instruments=instruments, gammas=[1.0], n_random=2, batch_size=8, progress=False,
-                   scope="all")  # the baseline edits every token
+def test_validation_matches_golden(smollm, v1_data_dir):
+    v1 = vlens.load_value_data(v1_data_dir)
+    full = vlens.locate(smollm, v1, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False)
+    instruments = Instruments.default(v1, max_dilemmas=2, max_portrait=4, max_neutral=1, max_questions=0)
+    res = validate(smollm, full, instruments=instruments, gammas=[1.0], n_random=2, batch_size=8, progress=False)
     golden = pd.read_csv(GOLDEN / "validation.csv")
     new = res.table.reset_index(drop=True)
     keys = ["steered", "direction", "source", "mode", "gamma", "seed", "metric", "measured"]

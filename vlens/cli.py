@@ -174,11 +174,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
         pairs = len(build_prompts(data, tiny_model("llama"), template="raw", pairs_per_question=1)) // 2
     except ValueError as err:
         raise UserError(f"{data.source}: {err}") from err
-    print(f"data: {data.source}  (sha256 {data.sha256[:16]}...); locate can build its prompts ({pairs} pairs, one per question)")
+    print(f"data: {data.source}  (version {data.version}, sha256 {data.sha256[:16]}...); locate can build its prompts "
+          f"({pairs} pairs, one per question)")  # fmt: skip
     for part, counts in data.counts().items():
         print(f"\n{part}: {counts.pop('total')}")
         for key, n in counts.items():
             print(f"  {key:40s} {n}")
+    from vlens.data.quality import gate_table, gates
+
+    print("\nquality gates (vlens.data.quality; style: naive Bayes on style alone, each minimal pair held out in "
+          "turn, against 30 label shuffles):")  # fmt: skip
+    print(gate_table(gates(data)))
     if args.examples:
         for part, recs in data.parts().items():
             for rec in recs[: args.examples]:

@@ -133,7 +133,7 @@ def _collect(model: Any, data: Any, part: tuple[int, int] | None, *, dimensions:
         prompts = build_prompts(data, model, split=split, dimensions=list(dimensions) if dimensions else None,
                                 template=template, pairs_per_question=pairs_per_question, max_pairs=max_pairs,
                                 seed=seed)  # fmt: skip
-        dataset_sha, source = data.sha256, data.source
+        dataset_sha, source, version = data.sha256, data.source, data.version
     else:
         prompts = list(data)
         if not all(isinstance(p, Prompt) for p in prompts):
@@ -142,15 +142,16 @@ def _collect(model: Any, data: Any, part: tuple[int, int] | None, *, dimensions:
         if dimensions:
             wanted = {dimension(d).name for d in dimensions}
             prompts = [p for p in prompts if p.dimension in wanted]
-        dataset_sha, source = sha256_json([p.to_dict() for p in prompts]), "user prompts"
+        # A list of prompts names no data layout: its version is unknown (None), not guessed.
+        dataset_sha, source, version = sha256_json([p.to_dict() for p in prompts]), "user prompts", None
     present = {(p.dimension, p.pole) for p in prompts}  # every shard gets all classes, in the order of the data
     all_classes = [class_label(d, p) for d in dict.fromkeys(q.dimension for q in prompts) for p in POLES if (d, p) in present]
     if part is not None:
         prompts = distributed.shard_prompts(prompts, *part)
     if hist_edges == "auto":
         hist_edges = torch.arange(-2.0, 6.0 + 1e-9, 0.05, dtype=torch.float64)
-    meta = {"dataset_sha256": dataset_sha, "data_source": source, "template": template, "split": split, "shard": part,
-            "max_pairs": max_pairs, "pairs_per_question": pairs_per_question, "seed": seed,
+    meta = {"dataset_sha256": dataset_sha, "dataset_version": version, "data_source": source, "template": template,
+            "split": split, "shard": part, "max_pairs": max_pairs, "pairs_per_question": pairs_per_question, "seed": seed,
             "n_prompts": len(prompts)}  # fmt: skip
     return collect_stats(model, prompts, hist_edges=hist_edges, classes=all_classes if part else None, meta=meta, **collect)
 

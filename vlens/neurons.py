@@ -246,7 +246,8 @@ def provenance_of(stats: NeuronStats) -> dict[str, Any]:
     """The fields of a stats' metadata that every neuron set derived from it carries."""
     from vlens._io import vlens_version
 
-    keys = ("model", "model_fingerprint", "hook", "hook_points", "scope", "dataset_sha256", "template", "split", "max_pairs")
+    keys = ("model", "model_fingerprint", "hook", "hook_points", "scope", "dataset_sha256", "dataset_version", "template",
+            "split", "max_pairs")  # fmt: skip
     return {k: stats.meta[k] for k in keys if k in stats.meta} | {"vlens_version": vlens_version()}
 
 

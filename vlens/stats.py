@@ -115,8 +115,8 @@ class NeuronStats:
                 f"classes {self.classes} vs {other.classes}, layers {self.layers} vs {other.layers}, "
                 f"d_mlp {self.d_mlp} vs {other.d_mlp}"
             )
-        for key in ("model_fingerprint", "hook", "scope", "dataset_sha256", "template", "split", "max_pairs",
-                    "pairs_per_question", "seed"):
+        for key in ("model_fingerprint", "hook", "scope", "dataset_sha256", "dataset_version", "template", "split",
+                    "max_pairs", "pairs_per_question", "seed"):
             if self.meta.get(key) != other.meta.get(key):
                 raise ValueError(f"cannot merge statistics with different {key}: {self.meta.get(key)!r} vs {other.meta.get(key)!r}")
         if (self.hist is None) != (other.hist is None) or (

@@ -124,6 +124,7 @@ def validate(
         "n_conditions": len(conditions) + 1, "instrument_sizes": {k: len(v) for k, v in vars(instruments).items()},
         "instruments_sha256": sha256_json(vars(instruments)),
         "neuron_sets": {k: {"size": len(v), "provenance_dataset": v.provenance.get("dataset_sha256"),
+                            "provenance_dataset_version": v.provenance.get("dataset_version"),
                             "selection": v.params} for k, v in neuron_sets.items()},
     }  # fmt: skip
     return ValidationResult(table, meta)

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from vlens._io import sha256_json
-from vlens.data.schemas import DataFormatError, _check_value_of_dimension, _rows, read_records
+from vlens.data.schemas import SPLITS, DataFormatError, _check_value_of_dimension, _rows, check_pairs, read_records
 from vlens.values import AUTHOR_KEYS, DIMENSIONS
 
 SHIPPED_DIR = Path(__file__).parent / "valueinsight"
+# The data layouts vlens reads. 1: descriptions without pairs, shared by both splits. 2: minimal pairs (`pair`),
+# descriptions split search/test, scenario `group`s, dilemmas split dev/test, reverse-keyed portrait items.
+VERSIONS = (1, 2)
 
 
 @dataclass
@@ -24,10 +27,22 @@ class ValueData:
     portrait_items: list[dict[str, Any]] = field(default_factory=list)
     neutral_text: list[dict[str, Any]] = field(default_factory=list)
     source: str = "vlens ValueInsight"
+    version: int | None = None  # the data layout (VERSIONS); None: 2 when the descriptions carry `pair`, else 1
 
-    def __post_init__(self) -> None:  # records built in Python skip the file checks: this one matters most
+    def __post_init__(self) -> None:  # records built in Python skip the file checks: these matter most
         for rec in self.descriptions:
             _check_value_of_dimension(rec, f"description {rec.get('id')!r}")
+        check_pairs(self.descriptions)
+        paired = any(d.get("pair") for d in self.descriptions)
+        if self.version is None:
+            self.version = 2 if paired else 1
+        if self.version not in VERSIONS:
+            raise DataFormatError(f"{self.source}: unknown data version {self.version!r}; vlens reads versions "
+                                  f"{', '.join(map(str, VERSIONS))}")  # fmt: skip
+        if (self.version == 2) != paired:
+            raise DataFormatError(f"{self.source}: data version {self.version} but the descriptions "
+                                  f"{'carry' if paired else 'lack'} 'pair' ids: version 2 needs minimal pairs, "
+                                  f"version 1 has none (fix the VERSION file or the descriptions)")  # fmt: skip
 
     def parts(self) -> dict[str, list[dict[str, Any]]]:
         return {
@@ -46,13 +61,27 @@ class ValueData:
     @classmethod
     def from_datasets(cls, splits: Any) -> ValueData:
         """Back from the ``datasets.DatasetDict`` of :func:`load_valueinsight` (its search and test splits rejoined)."""
-        rows = {name: splits[name].to_list() if name in splits else [] for name in
+        rows = {name: _drop_none(splits[name].to_list()) if name in splits else [] for name in
                 ("descriptions", "search", "test", "dilemmas", "portrait_items", "neutral_text")}  # fmt: skip
         return cls(rows["descriptions"], rows["search"] + rows["test"], rows["dilemmas"], rows["portrait_items"],
                    rows["neutral_text"], source="datasets.DatasetDict")  # fmt: skip
 
     def questions_of(self, split: str) -> list[dict[str, Any]]:
         return [q for q in self.questions if q["split"] == split]
+
+    def descriptions_of(self, split: str) -> list[dict[str, Any]]:
+        """The descriptions of ``split`` (v2: ``search`` builds locate's prompts, ``test`` is held out for test
+        prompts and the prompted control). v1 descriptions carry no split and belong to both."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        return [d for d in self.descriptions if d.get("split", split) == split]
+
+    def dilemmas_of(self, split: str) -> list[dict[str, Any]]:
+        """The dilemmas of ``split``: ``dev`` to tune an instrument, ``test`` for the final numbers. v1 dilemmas
+        carry no split and count as ``test``."""
+        if split not in ("dev", "test"):
+            raise ValueError(f"a dilemma split is 'dev' or 'test' (dilemmas are never in search), got {split!r}")
+        return [d for d in self.dilemmas if d.get("split", "test") == split]
 
     def counts(self) -> dict[str, Any]:
         """Counts per part and per dimension (and pole / split), for data cards and `vlens data`."""
@@ -68,6 +97,22 @@ class ValueData:
                 by[key] = by.get(key, 0) + 1
             out[name] = {"total": len(recs), **dict(sorted(by.items()))}
         return out
+
+
+def _drop_none(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ``datasets`` table fills a field some rows lack with None; the records never held it."""
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+
+
+def read_version(folder: Path) -> int | None:
+    """The data version a folder's ``VERSION`` file names, or None when it has none (then the records decide)."""
+    path = folder / "VERSION"
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    if text not in {str(v) for v in VERSIONS}:
+        raise DataFormatError(f"{path}: expected one of {', '.join(map(str, VERSIONS))}, got {text[:20]!r}")
+    return int(text)
 
 
 def _read_dir(folder: Path, kind: str) -> list[dict[str, Any]]:
@@ -99,7 +144,7 @@ def load_value_data(data_dir: str | os.PathLike | None = None) -> ValueData:
     for kind in ("descriptions", "questions"):
         if not parts[kind]:
             raise DataFormatError(f"{folder}: no {kind} found (expected {kind}.jsonl or {kind}/*.jsonl)")
-    return ValueData(**parts, source="vlens ValueInsight" if data_dir is None else str(folder))
+    return ValueData(**parts, source="vlens ValueInsight" if data_dir is None else str(folder), version=read_version(folder))
 
 
 def load_author_layout(folder: str | os.PathLike) -> ValueData:

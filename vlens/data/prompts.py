@@ -1,6 +1,7 @@
 """Contrastive prompt pairs: one situational question, once with a `+` and once with a `-` description.
 
-The two prompts of a pair differ only in the description. Each prompt records
+The two prompts of a pair differ only in the description; with v2 data the two descriptions are a
+minimal pair (same frame, topic and sub-value), so the prompts differ only in the stance. Each prompt records
 ``shared_start``, the character offset where the part shared by both poles begins (everything
 after the description), so activation code can pool over exactly those tokens.
 """
@@ -62,8 +63,16 @@ def render(description: str, question: str, *, template: str, model: Any = None)
     raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
 
 
+def _minimal_pairs(descriptions: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """v2: the `+` description and ITS `-` partner (same ``pair``), in the order of the pair ids."""
+    by_pair: dict[str, dict[str, dict]] = defaultdict(dict)
+    for d in descriptions:
+        by_pair[d["pair"]][d["pole"]] = d
+    return [(by_pair[p]["+"], by_pair[p]["-"]) for p in sorted(by_pair)]  # ValueData checked every pair complete
+
+
 def _description_pairs(descriptions: list[dict[str, Any]], rng: random.Random) -> list[tuple[dict, dict]]:
-    """Pair `+` and `-` descriptions of one dimension, matched on basic value where the counts allow."""
+    """v1: pair `+` and `-` descriptions of one dimension, matched on basic value where the counts allow."""
     by_pole: dict[str, list[dict]] = {"+": [], "-": []}
     for d in descriptions:
         by_pole[d["pole"]].append(d)
@@ -87,6 +96,9 @@ def build_prompts(
 ) -> list[Prompt]:
     """Contrastive prompts (``+`` then ``-`` of each pair, pairs in a deterministic order).
 
+    Only the descriptions and questions of ``split`` are used (v1 descriptions belong to both splits), so
+    ``search`` prompts never contain a held-out description. A description pair is a minimal pair of the data
+    (v2, its ``pair`` id) or, for v1 data, a `+` and a `-` description matched on basic value.
     Every question of ``split`` is combined with ``pairs_per_question`` description pairs,
     each description being used about equally often. Pairs are ordered round by round
     (every question once, then every question again ...), so ``max_pairs`` (per dimension)
@@ -101,7 +113,7 @@ def build_prompts(
     present = {d["dimension"] for d in data.descriptions}
     dims = [dimension(d).name for d in dimensions] if dimensions else [d for d in DIMENSIONS if d in present]
     descs: dict[str, list[dict]] = defaultdict(list)
-    for d in data.descriptions:
+    for d in data.descriptions_of(split):
         descs[d["dimension"]].append(d)
     questions: dict[str, list[dict]] = defaultdict(list)
     for q in data.questions_of(split):
@@ -110,10 +122,11 @@ def build_prompts(
     prompts: list[Prompt] = []
     for dim in dims:
         rng = random.Random(f"{seed}:{dim}")
-        pairs = _description_pairs(descs[dim], rng)
+        # v1 draws its pairs from the same rng as before v2, so v1 prompts are unchanged.
+        pairs = _minimal_pairs(descs[dim]) if data.version == 2 else _description_pairs(descs[dim], rng)
         qs = sorted(questions[dim], key=lambda q: q["id"])
         if not pairs:
-            raise ValueError(f"no `+`/`-` description pairs for {dim}: both poles need descriptions")
+            raise ValueError(f"no `+`/`-` description pairs of the {split} split for {dim}: both poles need descriptions")
         if not qs:
             raise ValueError(f"no {split} questions for {dim}")
         rng.shuffle(qs)

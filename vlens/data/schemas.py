@@ -17,6 +17,10 @@ from typing import Any
 from vlens.values import BASIC_VALUES, DIMENSIONS, POLES, REFINED_VALUES
 
 SPLITS = ("search", "test")
+# Dilemmas are evaluation material: `dev` to tune an instrument, `test` for the final numbers; never `search`.
+DILEMMA_SPLITS = ("dev", "test")
+# Portrait items: `+` describes someone who holds the value, `-` (reverse-keyed) someone who does not.
+KEYS = ("+", "-")
 
 
 class DataFormatError(ValueError):
@@ -43,23 +47,30 @@ _pole = _one_of(POLES, "pole")
 _basic = _one_of(BASIC_VALUES, "basic value")
 _any_value = _one_of(BASIC_VALUES + tuple(REFINED_VALUES), "value")
 _split = _one_of(SPLITS, "split")
+_dilemma_split = _one_of(DILEMMA_SPLITS, "dilemma split")
+_keyed = _one_of(KEYS, "keying")
 
-# kind -> fields. Text fields are checked for type and emptiness by read_records.
+# kind -> fields. Text fields are checked for type and emptiness by read_records. The v2 fields (`pair`, `group`,
+# a description's or a dilemma's `split`, `keyed`) are optional and have no default, so a v1 record loads unchanged
+# (same fields, same sha256) and old run directories still match their data.
 SCHEMAS: dict[str, tuple[Field, ...]] = {
     "descriptions": (
-        Field("id"), Field("dimension", check=_dimension), Field("pole", check=_pole),
-        Field("value", check=_basic), Field("subvalue", required=False, default=""), Field("text"),
+        Field("id"), Field("pair", required=False), Field("dimension", check=_dimension), Field("pole", check=_pole),
+        Field("value", check=_basic), Field("subvalue", required=False, default=""),
+        Field("split", required=False, check=_split), Field("group", required=False), Field("text"),
     ),
     "questions": (
         Field("id"), Field("dimension", check=_dimension), Field("domain", required=False, default="unspecified"),
-        Field("split", required=False, check=_split, default="search"), Field("text"),
+        Field("split", required=False, check=_split, default="search"), Field("group", required=False), Field("text"),
     ),
     "dilemmas": (
         Field("id"), Field("dimension", check=_dimension), Field("domain", required=False, default="unspecified"),
-        Field("context"), Field("option_plus"), Field("option_minus"),
+        Field("subvalue", required=False), Field("split", required=False, check=_dilemma_split),
+        Field("group", required=False), Field("context"), Field("option_plus"), Field("option_minus"),
     ),
     "portrait_items": (
         Field("id"), Field("text"), Field("value", check=_any_value), Field("basic_value", required=False, check=_basic),
+        Field("keyed", required=False, check=_keyed),
     ),
     "neutral_text": (Field("id"), Field("topic", required=False, default=""), Field("text")),
 }  # fmt: skip
@@ -125,6 +136,31 @@ def _check_value_of_dimension(rec: dict[str, Any], where: str) -> None:
     if rec["value"] not in allowed:
         raise DataFormatError(f"{where}: value {rec['value']!r} does not belong to {dim.name} (pole {rec['pole']}); "
                               f"expected one of {', '.join(dict.fromkeys(allowed))}")  # fmt: skip
+
+
+def check_pairs(descriptions: list[dict[str, Any]]) -> None:
+    """v2 descriptions come in minimal pairs: every ``pair`` id has exactly one ``+`` and one ``-`` description of
+    the same dimension, split and group. Either every description carries ``pair`` (v2) or none does (v1)."""
+    with_pair = [d for d in descriptions if d.get("pair")]
+    if not with_pair:
+        return
+    if len(with_pair) != len(descriptions):
+        lone = next(d["id"] for d in descriptions if not d.get("pair"))
+        raise DataFormatError(f"description {lone!r} has no 'pair' while others have one: give every description "
+                              f"its pair id (v2) or remove 'pair' from all of them (v1)")  # fmt: skip
+    members: dict[str, list[dict[str, Any]]] = {}
+    for d in descriptions:
+        members.setdefault(d["pair"], []).append(d)
+    for pair, ds in members.items():
+        poles = sorted(d["pole"] for d in ds)
+        ids = ", ".join(repr(d["id"]) for d in ds)
+        if poles != ["+", "-"]:
+            raise DataFormatError(f"pair {pair!r} ({ids}) needs exactly one '+' and one '-' description, got poles "
+                                  f"{poles}: add the missing partner or remove the pair")  # fmt: skip
+        for key in ("dimension", "split", "group"):
+            if ds[0].get(key) != ds[1].get(key):
+                raise DataFormatError(f"pair {pair!r} ({ids}) straddles {key} {ds[0].get(key)!r} and "
+                                      f"{ds[1].get(key)!r}: both descriptions of a pair need the same {key}")  # fmt: skip
 
 
 def _required(kind: str) -> str:

@@ -1,7 +1,9 @@
 """Portrait items (PVQ style): "How much is this person like you?", letters A-F from "not like me
 at all" to "very much like me". The expected rating from the six renormalised letter
 probabilities, centred by the mean over all items, averaged per basic value and aggregated
-into the four dimensions."""
+into the four dimensions. A reverse-keyed item (``keyed: "-"``) portrays someone who does not
+care about the value, so agreeing with it lowers the value's score: its centred rating counts
+negatively."""
 
 from __future__ import annotations
 
@@ -52,10 +54,20 @@ class Portrait(Instrument):
 
 
 def portrait_scores(letter_logprobs: Sequence[Float[Tensor, " 6"]], items: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Centred dimension scores from the A-F log-probabilities of each portrait item."""
+    """Centred dimension scores from the A-F log-probabilities of each portrait item.
+
+    Ratings are centred by the mean over all items (a respondent's general tendency to agree), before a
+    reverse-keyed item's sign is flipped: with half the items reversed, agreeing with everything scores zero.
+    """
+    if len(letter_logprobs) != len(items):
+        raise ValueError(f"got readings for {len(letter_logprobs)} portrait items but {len(items)} items")
+    keys = [item.get("keyed", "+") for item in items]
+    if bad := sorted({k for k in keys if k not in ("+", "-")}):
+        raise ValueError(f"a portrait item's 'keyed' is '+' or '-' (reverse-keyed), got {bad}")
     probs = torch.stack(list(letter_logprobs)).softmax(-1)  # renormalised over the six letters
     ratings = probs @ torch.arange(1, 7, dtype=probs.dtype)  # expected rating, 1..6
-    centred = ratings - ratings.mean()
+    sign = torch.tensor([1.0 if k == "+" else -1.0 for k in keys], dtype=probs.dtype)
+    centred = (ratings - ratings.mean()) * sign
     per_value: dict[str, list[float]] = defaultdict(list)
     for item, r in zip(items, centred.tolist(), strict=True):
         per_value[item.get("basic_value") or basic_value_of(item["value"])].append(r)
