@@ -76,7 +76,7 @@ def tiny_run_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_run") / "run"
     args = ["run", "--out", str(folder), "--model", "tiny-llama", "--max-pairs", "2", "--max-dilemmas", "1",
-            "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1", "--gammas", "1", "--n-random", "2",
+            "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1", "--kl-targets", "0.001", "--n-random", "2",
             "--selection", "top_k:10", "--quiet"]  # fmt: skip
     assert main(args) == 0
     return folder

@@ -32,7 +32,8 @@ def main(out: str) -> None:
     result = vlens.locate(model, vlens.load_value_data(), dimensions=["co", "st"], max_pairs=6, batch_size=1,
                           selection="top_k:12", checkpoint_dir=f"{out}/ckpt", checkpoint_every=1, progress=False)  # fmt: skip
     inst = Instruments.default(max_dilemmas=1, max_portrait=3, max_neutral=1)
-    v = validate(model, result, instruments=inst, dimensions=["Conservation"], gammas=[1.0], n_random=2, progress=False)
+    v = validate(model, result, instruments=inst, dimensions=["Conservation"], gammas=[1.0], kl_targets=[], n_random=2,
+                 controls=(), progress=False)
     if rank == 0:
         result.save(f"{out}/locate")
         v.table.to_csv(f"{out}/validation.csv", index=False)

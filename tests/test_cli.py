@@ -16,8 +16,9 @@ from vlens.models import OFFLINE_MODELS
 
 # Tiny sizes, by stage: each subcommand accepts only the options of the stages it runs.
 TINY_LOCATE = ["--model", "tiny-llama", "--max-pairs", "2", "--selection", "top_k:10", "--quiet"]
+# Hand-given gamma only (no KL target, no calibrated controls): the quickest validation that runs every stage.
 TINY_VALIDATE = ["--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1", "--gammas", "1",
-                 "--n-random", "2"]  # fmt: skip
+                 "--kl-targets", "", "--n-random", "2", "--controls", "prompted"]  # fmt: skip
 TINY_RUN = TINY_LOCATE + TINY_VALIDATE
 
 
@@ -45,8 +46,11 @@ def test_models_and_data(capsys):
     # issue 15: each of these used to run, or to fail with a misleading message
     (["run", "--dimensions", ""], "no dimension given"),
     (["run", "--dimensions", "co,co"], "listed twice"),
-    (["run", "--gammas", "-1", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
-    (["run", "--gammas", "0", "--out", "/tmp/vlens-never-written"], "--gammas must be > 0"),
+    (["run", "--gammas", "-1", "--out", "/tmp/vlens-never-written"], "gammas must be finite and > 0"),
+    (["run", "--gammas", "0", "--out", "/tmp/vlens-never-written"], "gammas must be finite and > 0"),
+    (["run", "--kl-targets", "0", "--out", "/tmp/vlens-never-written"], "KL targets must be finite and > 0"),
+    (["run", "--controls", "magic", "--out", "/tmp/vlens-never-written"], "unknown control(s) ['magic']"),
+    (["run", "--instrument", "cloze-x", "--out", "/tmp/vlens-never-written"], "unknown dilemma instrument 'cloze-x'"),
     (["data", "--examples", "-1"], "expected a whole number >= 0"),
     (["compare", "/tmp", "--sizes", "2"], "expected fractions of all neurons between 0 and 1"),
     (["locate", "--out", "/tmp/vlens-never-written", "--data", "/nonexistent/data"], "/nonexistent/data"),
@@ -129,7 +133,8 @@ def test_locate_then_validate_with_other_validation_options(tmp_path, capsys):
     folder = tmp_path / "run"
     assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--dimensions", "co"]) == 0
     sizes = ["--max-dilemmas", "1", "--max-portrait", "3", "--max-neutral", "1", "--max-questions", "1"]
-    assert main(["validate", "--out", str(folder), *sizes, "--gammas", "0.5,2", "--n-random", "3", "--quiet"]) == 0
+    assert main(["validate", "--out", str(folder), *sizes, "--gammas", "0.5,2", "--kl-targets", "", "--n-random", "3",
+                 "--controls", "prompted", "--quiet"]) == 0  # fmt: skip
     meta = json.loads((folder / "run.json").read_text())
     assert meta["done"] == ["locate", "validate", "generate"]
     assert meta["config"]["model"] == "tiny-llama" and meta["config"]["gammas"] == [0.5, 2.0] and meta["config"]["n_random"] == 3
@@ -166,8 +171,8 @@ def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad,message", [
     (["--n-random", "1"], "--n-random must be at least 2"),
-    (["--gammas", "nan"], "--gammas must be one or more finite numbers"),
-    (["--gammas", ","], "--gammas must be one or more finite numbers"),
+    (["--gammas", "nan"], "gammas must be finite and > 0"),
+    (["--gammas", ",", "--kl-targets", ","], "give KL targets"),
     (["--device", "foo"], "unknown device 'foo'"),
     (["--device", "cuda:999"], "device 'cuda:999'"),
 ])  # fmt: skip
@@ -257,7 +262,8 @@ def test_data_runs_the_prompt_building_of_locate(tmp_path, capsys):
 # The options of each stage, as docs/getting_started.md lists them (written out here, not read from the parser).
 COMMON = {"--out", "--resume", "--full", "--device", "--quiet", "--model", "--data", "--seed", "--batch-size"}
 LOCATE = {"--dimensions", "--scope", "--hook", "--selection", "--max-pairs"}
-VALIDATE = {"--gammas", "--n-random", "--match-frequency", "--no-ablations", "--max-dilemmas", "--max-portrait", "--max-neutral"}
+VALIDATE = {"--kl-targets", "--gammas", "--n-random", "--controls", "--instrument", "--match-frequency", "--max-dilemmas",
+            "--max-portrait", "--max-neutral"}  # fmt: skip
 GENERATE = {"--max-questions"}
 
 
@@ -326,6 +332,6 @@ def test_a_stage_takes_the_settings_of_the_others_from_run_json(tmp_path, monkey
     assert main(["validate", "--out", str(folder), "--full", "--quiet"]) == 0
     assert seen[-1].locate == saved.locate  # locate's sizes stay as located
     v = seen[-1].validate
-    assert v.n_random == 20 and v.gammas == [0.5, 1.0, 2.0] and v.max_dilemmas is None and v.max_questions is None
+    assert v.n_random == 40 and v.kl_targets == [0.05, 0.1, 0.2] and v.max_dilemmas is None and v.max_questions is None
     assert main(["locate", "--out", str(tmp_path / "new"), "--full", "--quiet"]) == 0
     assert seen[-1].locate.max_pairs is None and seen[-1].validate == P.ValidateConfig()

@@ -10,7 +10,9 @@ directories of earlier ones), in a temporary working directory. The only changes
 3. `--selection top_k:20` for every subcommand that takes `--selection`: the paper's 2,000 and
    the README's 500 are more than tiny-llama's 288 neurons.
 4. The sample sizes of TINY for every subcommand that takes them, and `--quiet`. Rules 2-4 append
-   their options, so they win over the example's own (argparse keeps the last value).
+   their options, so they win over the example's own (argparse keeps the last value). TINY also
+   sets `--kl-targets 0.001` (a random tiny model's logits are so flat that no edit reaches a KL of
+   0.1) and `--controls prompted` (the dose search of the other controls adds minutes, tested elsewhere).
 5. `--dimensions co` where the example names no dimensions (all four would repeat the same code
    four times).
 6. A folder that `vlens data DIR` or `--data DIR` names holds a copy of the shipped value data.
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_DOCS = ("README.md", "docs/getting_started.md")
 SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)[ \t]*\n(.*?)^```", re.M | re.S)
 TINY = {"--model": "tiny-llama", "--selection": "top_k:20", "--max-pairs": "2", "--max-dilemmas": "1",
-        "--max-portrait": "3", "--max-neutral": "1", "--max-questions": "1", "--n-random": "2"}  # fmt: skip
+        "--max-portrait": "3", "--max-neutral": "1", "--max-questions": "1", "--n-random": "2", "--kl-targets": "0.001",
+        "--controls": "prompted"}  # fmt: skip
 SKIP: dict[str, str] = {}  # a command as written, without its optional parts -> why it cannot run on the tiny model
 
 

@@ -32,7 +32,8 @@ def single(tiny_llama):
     """The one-process reference (batch size 1: every prompt's activations are then batch-independent)."""
     result = locate(tiny_llama, vlens.load_value_data(), **LOCATE)
     inst = Instruments.default(max_dilemmas=1, max_portrait=3, max_neutral=1)
-    v = validate(tiny_llama, result, instruments=inst, dimensions=["Conservation"], gammas=[1.0], n_random=2, progress=False)
+    v = validate(tiny_llama, result, instruments=inst, dimensions=["Conservation"], gammas=[1.0], kl_targets=[], n_random=2,
+                 controls=(), progress=False)
     return result, v
 
 

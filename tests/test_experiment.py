@@ -107,7 +107,8 @@ def test_run_splits_the_conditions_over_ranks(monkeypatch):
 def test_compare_pools_of_random_controls(tiny_llama, small_data):
     """compare's controls: one pool per selector ("each") or one uniform pool (None); the validate schema and summary."""
     located = locate(tiny_llama, small_data, selection="top_k:8", progress=False)
-    inst = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1)
+    # per-token means: a summed option log-prob of a random tiny model saturates the orientation (sigmoid) at 0 or 1
+    inst = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1, dilemma_variant="cloze-mean")
     for match, pools in (("each", {"delta", "mean_diff"}), (None, {"uniform"})):
         result = compare(tiny_llama, located, dimensions=["co"], sizes=(6,), selectors=["delta", "mean_diff"], gammas=[1.0],
                          instruments=inst, n_random=2, random_match=match, progress=False)  # fmt: skip

@@ -22,8 +22,23 @@ def test_report_files(tiny_run_dir):
     md = (tiny_run_dir / "report.md").read_text()
     assert "Causal validation" in html and "data:image/png;base64," in html
     assert not re.search(r"<script[^>]+src=[\"']?https?://", html) and "unpkg.com" not in html.split("CircuitsVis")[0]
-    assert "| steered | direction | gamma |" in md
+    # the verdict comes first, in both files; the configuration last, collapsed
+    assert html.index("id='verdict'") < html.index("Neuron sets") < html.index("<details><summary>Run configuration")
+    assert md.index("## Verdict") < md.index("## Neuron sets") < md.index("## Configuration")
+    assert "| dimension | direction | verdict |" in md
     assert md == markdown_summary(tiny_run_dir)
+
+
+def test_verdict_is_one_table_in_three_places(tiny_run_dir):
+    from vlens.report import terminal_verdict, verdict_table
+    from vlens.validate import ValidationResult
+
+    table = verdict_table(ValidationResult.load(tiny_run_dir / "validation").summary())
+    html, md, term = (tiny_run_dir / "report.html").read_text(), (tiny_run_dir / "report.md").read_text(), terminal_verdict(tiny_run_dir)
+    assert len(table) == 8  # 4 dimensions x 2 directions
+    for row in table.itertuples(index=False):
+        for place in (html, md, term):
+            assert row.verdict in place and row.effect in place
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

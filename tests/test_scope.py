@@ -50,9 +50,10 @@ class Toy(Instrument):
 
 @pytest.fixture(scope="module")
 def bundle():
-    """Two dilemmas (8 sequences: 2 prompts x 2 options, each in both orders), two portrait items, one neutral text."""
+    """Two dilemmas read as listed options (8 sequences: 2 prompts x 2 options, each in both orders; the
+    letter reading at each prompt's end), two portrait items, one neutral text."""
     full = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1)
-    return Instruments(full.dilemmas[:2], full.portrait_items, full.neutral_text)
+    return Instruments(full.dilemmas[:2], full.portrait_items, full.neutral_text, dilemma_variant="listed-mean")
 
 
 def recorded(bundle: Instruments) -> list[Recorded]:
@@ -165,8 +166,8 @@ def test_the_answer_scope_sees_the_prompt_only_through_the_last_token_and_the_an
         # the edit reaches the answer-scope readings at all, and the prompt matters under `all`
         assert max(largest_difference(r, answer[0][name][k]) for k, r in answer[2][name].items()) > 1e-3
         assert max(largest_difference(r, every[1][name][k]) for k, r in answer[1][name].items()) > 1e-3
-    letters = [r[1] for r in answer[2]["dilemma"].values()]
-    unedited = [r[1] for r in answer[0]["dilemma"].values()]
+    letters = [r[2] for r in answer[2]["dilemma"].values()]  # a dilemma reading: (log-prob sum, tokens, letters)
+    unedited = [r[2] for r in answer[0]["dilemma"].values()]
     assert max(largest_difference(a, b) for a, b in zip(letters, unedited, strict=True)) > 1e-3  # a one-token answer sees it
     for c in (1, 2):
         for key, reading in answer[c]["neutral"].items():

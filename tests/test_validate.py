@@ -37,9 +37,9 @@ def test_batched_conditions_equal_the_per_condition_loop(tiny_llama, located, in
     for i, e in enumerate(edits[1:], 1):
         # the per-condition loop over full prompts: no batching of conditions, no prefix reuse
         alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3, scope="all", prefix_reuse=False)[1]
-        for key in ("orientation", "letter_orientation", "portrait"):
+        for key in ("orientation", "logodds", "portrait"):
             for dim, v in alone[key].items():
-                assert batched[i][key][dim] == pytest.approx(v, abs=1e-5)
+                assert batched[i][key][dim] == pytest.approx(v, abs=1e-5, rel=1e-5)  # logodds: sums of log-probs
         assert batched[i]["kl"] == pytest.approx(alone["kl"], abs=1e-5)
         assert batched[i]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-5)
     assert batched[0]["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -50,14 +50,16 @@ def test_pure_position_bias_scores_exactly_one_half(tiny_llama, instruments):
     """A model that always answers "A" has orientation 0.5 once the option order is counterbalanced."""
     a_id = tiny_llama.tokenizer("A", add_special_tokens=False)["input_ids"][0]
 
-    def always_a(logits, hook):
-        logits[..., a_id] += 50.0
-        return logits
+    def always_a(logits, hook):  # the same distribution at every position, whatever the content
+        out = torch.zeros_like(logits)
+        out[..., a_id] = 50.0
+        return out
 
+    letters = Instruments(dilemmas=instruments.dilemmas, dilemma_variant="letters")
     with tiny_llama.hooks(fwd_hooks=[("unembed.hook_out", always_a)]):
-        m = evaluate_edits(tiny_llama, [Edit.identity(3, 96)], instruments)[0]
+        m = evaluate_edits(tiny_llama, [Edit.identity(3, 96)], letters)[0]
     assert m["position_bias_A"] == pytest.approx(1.0, abs=1e-6)
-    for v in m["letter_orientation"].values():
+    for v in m["orientation"].values():
         assert v == pytest.approx(0.5, abs=1e-6)
 
 
@@ -83,26 +85,26 @@ def test_random_sets_match_layers_and_are_seeded(located):
 
 
 def test_validate_table_and_summary(tmp_path, tiny_llama, located, instruments):
-    result = validate(tiny_llama, located, instruments=instruments, dimensions=["co"], gammas=[1.0], n_random=3,
-                      batch_size=16, progress=False)  # fmt: skip
+    result = validate(tiny_llama, located, instruments=instruments, dimensions=["co"], gammas=[1.0], kl_targets=[],
+                      n_random=3, controls=("prompted",), batch_size=16, progress=False)  # fmt: skip
     t = result.table
-    assert result.meta["scope"] == "answer" and result.meta["dimensions"] == ["Conservation"] and set(t.steered) == {"", "Conservation"}  # short names resolve
-    assert list(t.columns) == TABLE_COLUMNS
-    assert set(t.selector) == {"", "delta"} and set(t.loc[t.source != "none", "size"]) == {8}
-    assert set(t.source) == {"none", "value", "random"} and set(t["mode"]) >= {"paper", "boost_only", "clamp_only"}
-    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 3  # 2 directions x 3 seeds
+    assert result.meta["scope"] == "answer" and result.meta["dimensions"] == ["Conservation"]  # short names resolve
+    assert set(t.steered) == {"", "Conservation"} and list(t.columns) == TABLE_COLUMNS
+    assert set(t.source) == {"none", "value", "random", "prompted"}
+    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 3  # one shared null: 3 random edits for both directions
     s = result.summary()
-    paper = s[s["mode"] == "paper"]
-    assert len(paper) == 2 and paper["z"].notna().all() and paper["p"].between(0, 1).all()
-    assert (s.kl >= 0).all()
+    assert len(s) == 2 and s["z"].notna().all() and s["p_greater_holm"].between(0, 1).all() and (s.kl >= 0).all()
+    assert set(s.verdict) <= {"beats random", "indistinguishable from random", "moves the wrong way",
+                              "instrument cannot see the prompted effect"}  # fmt: skip
     result.save(tmp_path)
     back = ValidationResult.load(tmp_path)
     assert len(back.table) == len(t) and back.meta["n_random"] == 3
+    assert back.summary()[["effect", "z"]].equals(s[["effect", "z"]])
 
 
 def test_validate_bad_input(tiny_llama, located, instruments, tmp_path):
     with pytest.raises(ValueError, match="finite"):
-        validate(tiny_llama, located, instruments=instruments, gammas=[math.nan], progress=False)
+        validate(tiny_llama, located, instruments=instruments, gammas=[math.nan], kl_targets=[], progress=False)
     with pytest.raises(ValueError, match="n_random"):
         validate(tiny_llama, located, instruments=instruments, n_random=1, progress=False)
     with pytest.raises(ValueError, match="another model"):

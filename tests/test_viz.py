@@ -32,7 +32,7 @@ def located(tiny_llama, small_data):
 @pytest.fixture(scope="module")
 def validation(tiny_llama, located):
     instruments = Instruments.default(max_dilemmas=1, max_portrait=4, max_neutral=1)
-    return validate(tiny_llama, located, dimensions=["Conservation"], gammas=[0.5, 1.0], n_random=3,
+    return validate(tiny_llama, located, dimensions=["Conservation"], gammas=[0.5, 1.0], kl_targets=[], n_random=3, controls=(),
                     instruments=instruments, progress=False)  # fmt: skip
 
 
@@ -191,19 +191,19 @@ def test_overlap_heatmap(located):
 
 
 def test_orientation_vs_gamma(validation):
-    t = validation.table
+    from vlens.experiment import expand_shared, table_of
+
+    t = expand_shared(table_of(validation))  # the shared random edits, as every cell's control
     fig = viz.orientation_vs_gamma(validation, "Conservation")
     assert isinstance(fig, Figure) and len(fig.axes) == 2  # one panel per direction
     sel = (t.steered == "Conservation") & (t.metric == "orientation") & (t.measured == "Conservation")
     base = t[(t.source == "none") & (t.metric == "orientation") & (t.measured == "Conservation")].value.item()
     for ax, direction in zip(fig.axes, "+-", strict=True):
-        assert len(ax.lines) == 5 and len(ax.collections) == 1  # random mean, paper, boost, clamp, baseline; band
-        rnd_mean, paper, boost, clamp, unedited = ax.lines
+        assert len(ax.lines) == 3 and len(ax.collections) == 1  # random mean, paper, baseline; band
+        rnd_mean, paper, unedited = ax.lines
         rows = t[sel & (t.direction == direction)]
         np.testing.assert_allclose(paper.get_ydata(), rows[(rows.source == "value") & (rows["mode"] == "paper")].sort_values("gamma").value)
-        np.testing.assert_allclose(boost.get_ydata(), rows[(rows["mode"] == "boost_only") & (rows.source == "value")].sort_values("gamma").value)
         np.testing.assert_allclose(rnd_mean.get_ydata(), rows[rows.source == "random"].groupby("gamma").value.mean())
-        assert clamp.get_ydata()[0] == pytest.approx(rows[rows["mode"] == "clamp_only"].value.item())
         assert unedited.get_ydata()[0] == pytest.approx(base)
     assert len(viz.orientation_vs_gamma(validation, "Conservation", metric="kl").axes) == 2
 

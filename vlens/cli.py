@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
@@ -61,6 +62,10 @@ def _dims(text: str) -> list[str]:
     return dims
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _count(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -75,8 +80,6 @@ def _config(args: argparse.Namespace, stages: tuple[str, ...]):
     given = {k: v for k, v in vars(args).items() if k in SETTINGS}  # run options default to absent (SUPPRESS)
     sections = {STAGE_SECTION[s] for s in stages if s in STAGE_SECTION}
     full = {k: v for k, v in FULL.items() if SETTINGS[k] in sections} if "full" in args else {}
-    if "no_ablations" in args:
-        given["ablations"] = False
     if "data" in args:
         given["data_dir"] = str(Path(args.data).resolve())
     resuming = (args.resume or args.command != "run") and (Path(args.out) / "run.json").exists()
@@ -103,6 +106,10 @@ def _run_stages(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     print(f"\nrun directory: {folder}")
     if "report" in stages:
         print(f"report: {(folder / 'report.html').resolve()}")
+    if "validate" in stages:  # the last screen answers the question: do the neurons beat random, and how sure is it
+        from vlens.report import terminal_verdict
+
+        print("\n" + terminal_verdict(folder, width=shutil.get_terminal_size((140, 40)).columns))
     return 0
 
 
@@ -237,8 +244,10 @@ def _shown(value: object) -> str:
 def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
     """The common options, then one group per stage in ``stages``; each help ends with the config's default."""
     from vlens.activations import SCOPES
+    from vlens.instruments.dilemmas import ALL_VARIANTS
     from vlens.pipeline import FULL, SETTINGS, STAGE_SECTION, RunConfig
     from vlens.runner import HOOK_POINTS
+    from vlens.validate import CONTROLS
 
     defaults = {k: _shown(v) for k, v in RunConfig().to_dict().items()} | {"dimensions": "all four"}
     lifted = [k for k in FULL if SETTINGS[k] in {STAGE_SECTION[s] for s in stages if s in STAGE_SECTION}]  # as _config
@@ -271,12 +280,16 @@ def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> Non
         add(g, "--max-pairs", "prompt pairs per dimension", metavar="N", type=int)
     if "validate" in stages:
         g = p.add_argument_group("validate")
-        add(g, "--gammas", "edit strengths, e.g. 0.5,1,2", metavar="G,G", type=_floats)
-        add(g, "--n-random", "random neuron sets per condition, >= 2", metavar="N", type=int)
+        add(g, "--kl-targets", "KL costs (nats/token on neutral text) every edit is matched to, e.g. 0.05,0.1,0.2",
+            metavar="K,K", type=_floats)  # fmt: skip
+        add(g, "--gammas", "edit strengths given by hand, beside the matched ones, e.g. 0.5,1,2", metavar="G,G", type=_floats)
+        add(g, "--n-random", "random edits of the shared null, >= 2", metavar="N", type=int)
+        add(g, "--controls", f"positive controls, some of {','.join(CONTROLS)} ('' for none)", metavar="C,C",
+            type=_names)  # fmt: skip
+        add(g, "--instrument", f"how dilemmas are read: {', '.join(v.name for v in ALL_VARIANTS)}", metavar="V")
         add(g, "--match-frequency", "match random sets on activation frequency too", action="store_true")
-        g.add_argument("--no-ablations", action="store_true", help="no clamp-only and boost-only runs (default: off)")
-        add(g, "--max-dilemmas", "held-out dilemmas per dimension", metavar="N", type=int)
-        add(g, "--max-portrait", "portrait items", metavar="N", type=int)
+        add(g, "--max-dilemmas", "held-out test dilemmas per dimension", metavar="N", type=int)
+        add(g, "--max-portrait", "portrait items (0: none)", metavar="N", type=int)
         add(g, "--max-neutral", "neutral texts for the capability cost", metavar="N", type=int)
     if "generate" in stages:
         g = p.add_argument_group("generate and report")

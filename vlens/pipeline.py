@@ -6,8 +6,8 @@ Run directory layout::
     log.txt                  what happened, with timings
     locate/                  NeuronStats + one NeuronSet per dimension and pole (safetensors + JSON)
     locate/checkpoint/       statistics every N batches while locating (resume mid-stage)
-    validation/part_*.csv    one validation table per steered dimension (resume between them)
-    validation/validation.csv, validation_summary.csv, validation.json
+    validation/steering.*    the steering vectors of the positive control (computed once, reused on resume)
+    validation/validation.csv, validation_summary.csv (the verdicts), calibration.csv, validation.json
     answers.jsonl            greedy answers to held-out questions, unedited and edited
     report.html, report.md   the report (see vlens.report)
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -28,13 +27,13 @@ from typing import Any
 
 import pandas as pd
 
-from vlens._io import atomic_write, atomic_write_text, read_json, vlens_version, write_json
+from vlens._io import atomic_write_text, read_json, vlens_version, write_json
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
 # The config defaults are a quick run (the README's `vlens run`); `--full` lifts these sample sizes.
 FULL = {"max_pairs": None, "max_dilemmas": None, "max_portrait": None, "max_neutral": None, "max_questions": None,
-        "gammas": [0.5, 1.0, 2.0], "n_random": 20}
+        "kl_targets": [0.05, 0.1, 0.2], "n_random": 40}
 
 
 class RunDirError(ValueError):
@@ -68,26 +67,30 @@ class LocateConfig:
 class ValidateConfig:
     """The settings of validate and generate: free to change until validate is done."""
 
-    gammas: list[float] = field(default_factory=lambda: [1.0])
-    n_random: int = 3
+    kl_targets: list[float] = field(default_factory=lambda: [0.1])
+    gammas: list[float] = field(default_factory=list)  # doses by hand, beside the matched ones
+    n_random: int = 20
+    controls: list[str] = field(default_factory=lambda: ["prompted", "steering", "dense"])
+    instrument: str = "cloze-sum"  # chosen on the dev dilemmas: vlens.instruments.dilemmas.DEFAULT_VARIANT
     match_frequency: bool = False
-    ablations: bool = True
-    max_dilemmas: int | None = 2
-    max_portrait: int | None = 10
-    max_neutral: int | None = 1
+    max_dilemmas: int | None = 24
+    max_portrait: int | None = 0
+    max_neutral: int | None = 4
     max_questions: int | None = 2
     max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
-        self.gammas = [float(g) for g in self.gammas]
-        if not self.gammas or not all(math.isfinite(g) for g in self.gammas):
-            raise ValueError(f"--gammas must be one or more finite numbers like 0.5,1,2, got {self.gammas}")
-        if any(g <= 0 for g in self.gammas):  # 0 would repeat the clamp-only ablation; direction '-' is the reverse
-            raise ValueError(f"--gammas must be > 0 (the clamp-only ablation is gamma 0 and runs anyway; reverse "
-                             f"steering is the '-' direction), got {self.gammas}")  # fmt: skip
+        from vlens.instruments import Variant
+        from vlens.validate import CONTROLS, check_doses
+
+        self.kl_targets, self.gammas = check_doses(self.kl_targets, self.gammas)
+        if unknown := sorted(set(self.controls) - set(CONTROLS)):
+            raise ValueError(f"--controls: unknown control(s) {unknown}; choose from {', '.join(CONTROLS)}")
+        Variant.parse(self.instrument)
         _at_least(2, n_random=self.n_random)  # a z-score needs a spread
-        _at_least(1, max_dilemmas=self.max_dilemmas, max_portrait=self.max_portrait, max_neutral=self.max_neutral,
-                  max_questions=self.max_questions, max_new_tokens=self.max_new_tokens)  # fmt: skip
+        _at_least(1, max_dilemmas=self.max_dilemmas, max_neutral=self.max_neutral, max_questions=self.max_questions,
+                  max_new_tokens=self.max_new_tokens)  # fmt: skip
+        _at_least(0, max_portrait=self.max_portrait)
 
 
 def _at_least(low: int, **values: int | None) -> None:
@@ -233,7 +236,7 @@ def run_pipeline(
     from vlens.generation import generate_answers
     from vlens.interventions import value_edit
     from vlens.locate import LocateResult, locate, locate_shard
-    from vlens.validate import ValidationResult, validate
+    from vlens.validate import validate
 
     rank, world = distributed.rank_world()
     lc, vc = config.locate, config.validate
@@ -279,26 +282,24 @@ def run_pipeline(
             raise RunDirError(f"the locate results in {run.folder / 'locate'} are missing or unreadable ({err}); rerun locate") from err
 
     instruments = Instruments.default(data, max_dilemmas=vc.max_dilemmas, max_portrait=vc.max_portrait,
-                                      max_neutral=vc.max_neutral, max_questions=vc.max_questions)  # fmt: skip
+                                      max_neutral=vc.max_neutral, max_questions=vc.max_questions,
+                                      dilemma_variant=vc.instrument)  # fmt: skip
     if "validate" in stages and not run.done("validate"):
         t = time.time()
-        parts = []
-        for dim in result.dimensions:
-            part = run.folder / "validation" / f"part_{dim}.csv"
-            if not part.with_suffix(".json").exists() or read_json(part.with_suffix(".json"))["config"] != config.to_dict():
-                run.log.info("validate %s: gammas %s, %d random sets per condition", dim, vc.gammas, vc.n_random)
-                v = validate(model, result, instruments=instruments, dimensions=[dim], gammas=vc.gammas,
-                             n_random=vc.n_random, match_frequency=vc.match_frequency, ablations=vc.ablations,
-                             seed=lc.seed, batch_size=max(lc.batch_size, 32), progress=progress and run.writer)  # fmt: skip
-                if run.writer:  # the table first: a part counts as done once its JSON is there
-                    atomic_write(part, lambda tmp, v=v: v.table.to_csv(tmp, index=False))
-                    write_json(part.with_suffix(".json"), v.meta | {"config": config.to_dict()})
-                distributed.barrier()
-            parts.append((pd.read_csv(part), read_json(part.with_suffix(".json"))))
-        table = pd.concat([parts[0][0]] + [p[p.source != "none"] for p, _ in parts[1:]], ignore_index=True)
+        steering = None
+        if "steering" in vc.controls:
+            steering = _steering_vectors(model, data, lc, run)
+        descriptions = data.descriptions_of("test") if hasattr(data, "descriptions_of") else None
+        run.log.info("validate: KL targets %s, gammas %s, %d random edits, controls %s, %d dilemmas (%s)",
+                     vc.kl_targets, vc.gammas, vc.n_random, vc.controls, len(instruments.dilemmas), vc.instrument)  # fmt: skip
+        v = validate(model, result, instruments=instruments, kl_targets=vc.kl_targets, gammas=vc.gammas,
+                     n_random=vc.n_random, controls=vc.controls, descriptions=descriptions or None, steering=steering,
+                     match_frequency=vc.match_frequency, seed=lc.seed, batch_size=max(lc.batch_size, 32),
+                     progress=progress and run.writer)  # fmt: skip
         if run.writer:
-            ValidationResult(table, _merge_meta([m for _, m in parts])).save(run.folder / "validation")
+            v.save(run.folder / "validation")
             run.finish("validate", time.time() - t)
+        distributed.barrier()
     if not run.writer:  # generation and the report are cheap: rank 0 does them alone
         return run.folder
 
@@ -306,7 +307,7 @@ def run_pipeline(
         t = time.time()
         shape = (info.n_layers, info.d_mlp)
         answers = generate_answers(model, None, instruments.questions, max_new_tokens=vc.max_new_tokens)
-        gamma = max(vc.gammas)
+        gamma = _generation_gamma(run.folder, vc)
         for dim in result.dimensions:
             qs = [q for q in instruments.questions if q["dimension"] == dim]
             for direction, other in (("+", "-"), ("-", "+")):
@@ -327,13 +328,32 @@ def run_pipeline(
     return run.folder
 
 
-def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
-    """One validation record from validate's own records of each steered dimension."""
-    meta = dict(metas[0])
-    for m in metas[1:]:
-        meta["dimensions"] = meta["dimensions"] + m["dimensions"]
-        meta["n_conditions"] += m["n_conditions"] - 1  # every part repeats the unedited condition
-    return meta
+def _steering_vectors(model: Any, data: Any, lc: LocateConfig, run: Run) -> Any:
+    """The positive control's steering vectors from locate's own contrastive prompts, computed once per run."""
+    from vlens.controls import SteeringVectors, steering_vectors
+    from vlens.data import build_prompts
+
+    path = run.folder / "validation" / "steering"
+    if path.with_suffix(".json").exists():
+        return SteeringVectors.load(path)
+    t = time.time()
+    prompts = build_prompts(data, model=model, dimensions=lc.dimensions, split="search", max_pairs=lc.max_pairs,
+                            template=lc.template, pairs_per_question=lc.pairs_per_question, seed=lc.seed)  # fmt: skip
+    vectors = steering_vectors(model, prompts, scope=lc.scope, batch_size=lc.batch_size)
+    if run.writer:
+        vectors.save(path)
+    run.log.info("steering vectors at layer %d from %d prompts in %.1f s", vectors.layer, len(prompts), time.time() - t)
+    return vectors
+
+
+def _generation_gamma(folder: Path, vc: ValidateConfig) -> float:
+    """The gamma of the edited answers: the largest hand-given one, else the value edits' mean calibrated dose."""
+    if vc.gammas:
+        return max(vc.gammas)
+    cal = folder / "validation" / "calibration.csv"
+    table = pd.read_csv(cal) if cal.exists() else pd.DataFrame()
+    doses = table[table.source == "value"].dose if len(table) else []
+    return float(doses.mean()) if len(doses) else 1.0
 
 
 def merge_run(folder: str | os.PathLike) -> Path:

@@ -8,6 +8,7 @@ on a terminal or in a pull request.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 from pathlib import Path
@@ -19,14 +20,83 @@ from vlens._io import atomic_write_text, read_json
 
 HEADLINE_COLUMNS = ["steered", "direction", "gamma", "baseline", "edited", "shift", "random_mean", "random_sd", "z", "p",
                     "kl", "random_kl", "leakage"]  # fmt: skip
+VERDICT_COLUMNS = ["dimension", "direction", "verdict", "effect", "95% CI", "p (Holm)", "z", "prompted", "prompted z",
+                   "of prompted", "steering", "dense", "KL"]  # fmt: skip
 
 
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
-    """The value edits (paper mode) with their random controls: the table every reader needs."""
+    """The value edits (paper mode) with their random controls (the per-gamma view)."""
     if summary.empty:
         return summary
     paper = summary[summary["mode"] == "paper"]
     return paper[[c for c in HEADLINE_COLUMNS if c in paper.columns]].reset_index(drop=True)
+
+
+def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = None) -> pd.DataFrame:
+    """One line per (dimension, direction) at one dose level (default: the first KL target), the
+    way every reader sees it: terminal, report.md and the top of report.html render this table.
+
+    ``effect``: the mean shift of the ``+`` option's log-odds toward the steering direction over
+    held-out dilemmas; ``95% CI`` over items; ``p (Holm)`` against the shared random null;
+    ``prompted``: the prompted control's shift (the ceiling) and its paired z; ``of prompted``:
+    effect / prompted; ``steering``, ``dense``: the controls' shifts at the same KL.
+    """
+    if summary.empty:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    levels = summary[["level", "at"]].drop_duplicates()
+    if level is None:
+        kl = levels[levels.level == "kl"]
+        level = tuple((kl if len(kl) else levels).iloc[0])
+    s = summary[(summary.level == level[0]) & (summary.at == level[1])]
+    get = lambda row, c: row[c] if c in row and pd.notna(row[c]) else float("nan")  # noqa: E731
+    rows = []
+    for _, r in s.iterrows():
+        rows.append({
+            "dimension": r.steered, "direction": r.direction, "verdict": r.verdict, "effect": f"{r.effect:+.3f}",
+            "95% CI": f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", "p (Holm)": f"{r.p_greater_holm:.3g}", "z": f"{r.z:+.2f}",
+            "prompted": f"{get(r, 'prompted_shift'):+.3f}", "prompted z": f"{get(r, 'prompted_z'):+.1f}",
+            "of prompted": f"{get(r, 'fraction_of_prompted'):+.2f}", "steering": f"{get(r, 'steering_shift'):+.3f}",
+            "dense": f"{get(r, 'dense_shift'):+.3f}", "KL": f"{r.kl:.3f}",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS).replace({"+nan": "-", "nan": "-", "[+nan, +nan]": "-"})
+
+
+def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
+    """What the verdict table is, how many items and random edits it rests on, and what the sizes allow."""
+    if summary.empty:
+        return "No verdict: the validation has no value edits."
+    first = summary.iloc[0]
+    where = f"at matched cost (KL {first['at']:g} nats/token on neutral text)" if first.level == "kl" else f"at gamma {first['at']:g}"
+    n_items, n_null = int(first.n_items), int(first.n_null)
+    text = (f"Value edits against {n_null} random edits {where}, on {n_items} held-out dilemmas per dimension "
+            f"(instrument {meta.get('dilemma_variant', '?')}). Verdict words: beats random / indistinguishable from random / "
+            "moves the wrong way / instrument cannot see the prompted effect (prompted z < 5).")  # fmt: skip
+    blind = summary.verdict.eq("instrument cannot see the prompted effect")
+    if blind.all():
+        text += (" The instrument cannot see the prompted effect in any cell: on this model the dilemmas do not show a "
+                 "stated value, so these edits cannot be judged either way.")  # fmt: skip
+    return text
+
+
+def terminal_verdict(run_dir: str | os.PathLike, *, width: int = 140) -> str:
+    """The verdict table of a run as the terminal shows it at the end of ``vlens run`` (drawn with rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    run_dir = Path(run_dir)
+    v = _validation(run_dir, read_json(run_dir / "run.json"))
+    if v is None:
+        return ""
+    summary = v.summary()
+    table = Table(title="Verdict", caption=verdict_caption(summary, v.meta), caption_justify="left")
+    for col in VERDICT_COLUMNS:
+        table.add_column(col, justify="left" if col in ("dimension", "direction", "verdict") else "right")
+    for row in verdict_table(summary).itertuples(index=False):
+        style = {"beats random": "green", "moves the wrong way": "red"}.get(row.verdict, "")
+        table.add_row(*map(str, row), style=style)
+    console = Console(width=width, record=True, file=io.StringIO(), force_terminal=False)
+    console.print(table)
+    return console.export_text()
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
@@ -47,19 +117,22 @@ def markdown_summary(run_dir: str | os.PathLike) -> str:
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "run.json")
     cfg = meta["config"]
-    lines = [f"# vlens run: {cfg['model']}", "",
-             f"vlens {meta['vlens_version']}; scope `{cfg['scope']}`, hook `{cfg['hook']}`, selection `{cfg['selection']}`, "
-             f"{cfg['max_pairs'] or 'all'} prompt pairs per dimension; gammas {cfg['gammas']}, {cfg['n_random']} random sets.", ""]  # fmt: skip
+    lines = [f"# vlens run: {cfg['model']}", ""]
+    if (v := _validation(run_dir, meta)) is not None:
+        summary = v.summary()
+        lines += ["## Verdict", "", verdict_caption(summary, v.meta), "", markdown_table(verdict_table(summary)), ""]
+        for (level, at), _ in summary.groupby(["level", "at"], sort=False):
+            if (level, at) != tuple(summary[["level", "at"]].iloc[0]):
+                lines += [f"### At {level} {at:g}", "", markdown_table(verdict_table(summary, level=(level, at))), ""]
+        circ = v.circumplex()
+        if len(circ):
+            lines += ["### Circumplex check (steering toward `+` should move the opposite dimension the other way)", "",
+                      markdown_table(circ), ""]  # fmt: skip
     if (run_dir / "locate" / "locate.json").exists():
         loc = LocateResult.load(run_dir / "locate")
         lines += ["## Neuron sets", "", "```", loc.summary(), "```", ""]
-    if (v := _validation(run_dir, meta)) is not None:
-        head = headline(v.summary())
-        lines += ["## Causal validation (paper edit against size-matched random edits)", "",
-                  "`shift`: change of the steered dimension's forced-choice orientation from the unedited model, signed "
-                  "toward the steering direction. `z`, `p`: against the random edits. `kl`: capability cost (nats/token). "
-                  "`leakage`: mean absolute change of the other dimensions.", "",
-                  markdown_table(head) if len(head) else "(no value edits)", ""]  # fmt: skip
+    lines += ["## Configuration", "", f"vlens {meta['vlens_version']}; timings (s): {meta.get('timings')}", "",
+              "```json", json.dumps(cfg, indent=1, sort_keys=True), "```", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -90,10 +163,15 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     atomic_write_text(run_dir / "report.md", md)
 
     sections: list[str] = []
-    info = meta.get("model", {}).get("info", {})
-    card = "\n".join(f"{k:14s} {v}" for k, v in info.items() if k != "extra")
-    sections.append(f"<h2>Run</h2><pre>{html.escape(card)}</pre><pre>{html.escape(json.dumps(cfg, indent=1))}</pre>"
-                    f"<p>Stage timings (s): {html.escape(str(meta.get('timings')))}</p>")  # fmt: skip
+    validation = _validation(run_dir, meta)
+    if validation is not None:  # the verdict first: what a reader came for
+        summary = validation.summary()
+        sections.append("<h2 id='verdict'>Verdict</h2>" + f"<p>{html.escape(verdict_caption(summary, validation.meta))}</p>"
+                        + verdict_table(summary).to_html(index=False, classes="table verdict")
+                        + _img(viz.matched_effects(validation))
+                        + "<p class='caption'>Each panel: one steered dimension and direction. A value edit (large dot) that "
+                          "beats random stands above the grey random edits at the same KL; the dashed line is the prompted "
+                          "control, the shift a stated value produces.</p>")  # fmt: skip
 
     loc = None
     if (run_dir / "locate" / "locate.json").exists():
@@ -129,16 +207,10 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
             parts += [h + v for h, v in zip(headers, viz.share_bundle(views), strict=True)]
             sections.append("\n".join(parts))
 
-    if (v := _validation(run_dir, meta)) is not None:
-        summary = v.summary()
-        parts = ["<h2>Causal validation</h2>",
-                 "<p>Orientation is the mean probability of preferring the <code>+</code> option of held-out forced-choice "
-                 "dilemmas (option likelihood, both option orders). Random edits have the same number of neurons per layer.</p>",
-                 _fmt(headline(summary)).to_html(index=False, classes="table")]  # fmt: skip
-        for dim in v.table[v.table.source != "none"].steered.unique():
-            parts.append(f"<h3>{html.escape(dim)}</h3>" + _img(viz.orientation_vs_gamma(v, dim)))
-        parts += [_img(viz.cost_vs_gamma(v)), _img(viz.shift_vs_kl(v)), _img(viz.leakage_heatmap(v)),
-                  "<h3>All value-edit conditions</h3>", _fmt(summary).to_html(index=False, classes="table")]  # fmt: skip
+    if validation is not None:
+        parts = ["<h2>Causal validation: every cell and level</h2>", _fmt(validation.summary()).to_html(index=False, classes="table"),
+                 "<h3>Circumplex check</h3>", _fmt(validation.circumplex()).to_html(index=False, classes="table"),
+                 "<h3>Dose calibration</h3>", _fmt(validation.calibration).to_html(index=False, classes="table")]  # fmt: skip
         sections.append("\n".join(parts))
 
     compare_dir = run_dir / "compare"
@@ -158,6 +230,11 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                        f"<td>{html.escape(a['answer'])}</td></tr>" for a in answers)  # fmt: skip
         sections.append(f"<h2>Generated answers</h2><table class='table'><tr><th>question</th><th>edit</th><th>answer</th></tr>{rows}</table>")
 
+    info = meta.get("model", {}).get("info", {})
+    card = "\n".join(f"{k:14s} {v}" for k, v in info.items() if k != "extra")
+    sections.append(f"<details><summary>Run configuration, model card and timings</summary><pre>{html.escape(card)}</pre>"
+                    f"<pre>{html.escape(json.dumps(cfg, indent=1))}</pre>"
+                    f"<p>Stage timings (s): {html.escape(str(meta.get('timings')))}</p></details>")  # fmt: skip
     page = _PAGE.format(title=html.escape(f"vlens report: {cfg['model']}"), body="\n".join(f"<section>{s}</section>" for s in sections))
     return atomic_write_text(run_dir / "report.html", page)
 

@@ -288,7 +288,7 @@ def verdicts(
     :class:`NullTest`); ``p_greater_holm``, ``p_less_holm`` (those of kind ``p``, Holm-adjusted);
     ``ci_low``, ``ci_high``, ``n_items``, ``paired_z`` from ``diffs`` (nan and 0 without them);
     ``verdict`` (:func:`verdict`; ``blind`` for every cell when the instrument cannot see the
-    prompted effect).
+    prompted effect, or per cell from a boolean ``blind`` column).
 
     Holm's family is both one-sided tests of every cell given (16 for the 8 cells of a run): a
     cell can come out either way, so this keeps the chance that any cell gets a verdict other
@@ -340,7 +340,9 @@ def verdicts(
     out["ci_high"] = [iv[0].high if iv else math.nan for iv in intervals]
     out["n_items"] = [iv[0].n if iv else 0 for iv in intervals]
     out["paired_z"] = [iv[1] if iv else math.nan for iv in intervals]
-    out["verdict"] = [verdict(g, s, blind=blind, alpha=alpha) for g, s in zip(*adjusted, strict=True)]
+    # a "blind" column marks the cells whose own instrument cannot see the prompted effect
+    blind_rows = table["blind"].astype(bool).tolist() if "blind" in table.columns else [blind] * len(table)
+    out["verdict"] = [verdict(g, s, blind=b or blind, alpha=alpha) for g, s, b in zip(*adjusted, blind_rows, strict=True)]
     return out
 
 

@@ -517,7 +517,7 @@ def overlap_heatmap(result: LocateResult) -> Figure:
 def _table(result: Any, selector: str | None = None, size: int | None = None) -> pd.DataFrame:
     """The tidy table of a ValidationResult, a CompareResult or the table itself, narrowed to one
     selector and size: the unedited rows, its edits and their random controls."""
-    t = experiment.table_of(result)
+    t = experiment.expand_shared(experiment.table_of(result))
     edits = t[t.source == "value"]
     selector, size = _pick(edits.selector, selector, "selector"), _pick(edits["size"].dropna(), size, "size")
     sized = t["size"].isna() if size is None else t["size"] == size
@@ -696,6 +696,61 @@ def shift_vs_kl(
         ax.legend(fontsize="x-small")
     axes[0].set_ylabel(f"{metric} shift toward the steered pole")
     fig.suptitle(f"Effect against cost: {metric} shift vs {cost}\n(numbers next to the value edits: gamma)", fontsize="large")
+    return fig
+
+
+FAMILY_STYLE = {  # one convention in every figure: value edits in the pole colour, controls in fixed colours
+    "random": {"marker": "x", "color": "0.55", "label": "random edits (shared null)"},
+    "steering": {"marker": "^", "color": "#2a9d8f", "label": "steering vector (control)"},
+    "dense": {"marker": "s", "color": "#e9c46a", "label": "dense MLP edit (control)"},
+}
+
+
+def matched_effects(validation: Any) -> Figure:
+    """The verdict in one figure: per (dimension, direction), every edit's shift of the ``+`` option's
+    log-odds toward the steering direction against its KL on neutral text. Value edits (filled
+    circles) should stand above the grey random edits at the same KL; the dashed line is the
+    prompted control (the ceiling: the value stated in the prompt); controls show what a steering
+    vector or a dense MLP edit achieves at the same cost."""
+    x, labels = experiment.item_logodds(validation)
+    dim_of = pd.Series([c.split("/", 1)[0] for c in x.columns], index=x.columns)
+    change = x - x.loc[labels.index[labels.source == "none"][0]]
+    cells = labels[labels.source == "value"][["steered", "direction"]].drop_duplicates()
+    if cells.empty:
+        raise ValueError("no value edits in the validation table: nothing to draw")
+    dims = list(dict.fromkeys(cells.steered))
+    fig = _figure(3.4 * len(dims) + 1.5, 6.4)
+    axes = fig.subplots(2, len(dims), squeeze=False)
+    for col, dim in enumerate(dims):
+        items = dim_of.index[dim_of == dim]
+        for row, direction in enumerate("+-"):
+            ax = axes[row][col]
+            sign = -1.0 if direction == "-" else 1.0
+            shift = sign * change[items].mean(axis=1)
+            for source, style in FAMILY_STYLE.items():
+                sel = labels.source == source
+                if source != "random":
+                    sel &= (labels.steered == dim) & (labels.direction == direction)
+                if sel.any():
+                    ax.scatter(labels.kl[sel], shift[sel], marker=style["marker"], color=style["color"], s=28,
+                               label=style["label"])  # fmt: skip
+            sel = (labels.source == "value") & (labels.steered == dim) & (labels.direction == direction)
+            ax.scatter(labels.kl[sel], shift[sel], color=POLE_COLORS.get(direction, "C2"), s=60, zorder=3,
+                       label=f"value edit toward {direction}")  # fmt: skip
+            prompted = (labels.source == "prompted") & (labels.direction == direction)
+            if prompted.any():
+                ax.axhline(float(shift[prompted].iloc[0]), color="black", ls="--", lw=1, label="prompted (ceiling)")
+            ax.axhline(0.0, color="black", lw=0.6)
+            ax.set_title(f"{dim} toward {direction}", fontsize=11)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=9)
+            if row == 1:
+                ax.set_xlabel("KL on neutral text (nats/token)", fontsize=10)
+        axes[0][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
+        axes[1][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9, frameon=False)
+    fig.suptitle("Value edits against random edits and controls at matched cost", fontsize=13)
     return fig
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from vlens.data.loaders import ValueData, load_value_data
 from vlens.data.schemas import read_records
 from vlens.instruments.base import Instrument, Metrics, ScoredSeq
-from vlens.instruments.dilemmas import Dilemmas
+from vlens.instruments.dilemmas import DEFAULT_VARIANT, Dilemmas, Variant, personas
+from vlens.instruments.dilemmas import dilemma_split as dilemma_split_of
 from vlens.instruments.neutral import NeutralText
 from vlens.instruments.portrait import Portrait, portrait_scores
 from vlens.values import DIMENSIONS, SCORING_KEY, basic_value_of
@@ -28,11 +29,20 @@ class Instruments:
     portrait_items: list[dict[str, Any]] = field(default_factory=list)
     neutral_text: list[dict[str, Any]] = field(default_factory=list)
     questions: list[dict[str, Any]] = field(default_factory=list)  # held-out, for generation
+    dilemma_variant: str = DEFAULT_VARIANT.name  # how dilemmas are read (vlens.instruments.dilemmas.Variant)
+
+    def __post_init__(self) -> None:
+        Variant.parse(self.dilemma_variant)  # a typo fails here, before anything runs
 
     def plugins(self) -> list[Instrument]:
         """The instruments that have items, in a fixed order."""
-        made = [Dilemmas(self.dilemmas), Portrait(self.portrait_items), NeutralText(self.neutral_text)]
+        made = [Dilemmas(self.dilemmas, variant=self.dilemma_variant), Portrait(self.portrait_items),
+                NeutralText(self.neutral_text)]  # fmt: skip
         return [inst for inst in made if inst.items]
+
+    def items(self) -> dict[str, list[dict[str, Any]]]:
+        """The item lists by instrument (what a run's metadata records the size and hash of)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, list)}
 
     @classmethod
     def default(
@@ -43,16 +53,23 @@ class Instruments:
         max_portrait: int | None = None,
         max_neutral: int | None = None,
         max_questions: int | None = 8,
+        dilemma_split: str | None = "test",
+        dilemma_variant: str = DEFAULT_VARIANT.name,
     ) -> Instruments:
         """The shipped instruments. ``max_dilemmas`` and ``max_questions`` are per dimension,
-        so every dimension stays represented when sizes are cut."""
+        so every dimension stays represented when sizes are cut. ``dilemma_split``: ``test`` (what
+        results are reported on), ``dev`` (where settings are chosen) or None (all)."""
         data = data or load_value_data()
         per_dim = lambda recs, k: [r for d in DIMENSIONS for r in [x for x in recs if x["dimension"] == d][:k]]  # noqa: E731
+        if dilemma_split not in ("dev", "test", None):
+            raise ValueError(f"dilemma_split must be 'dev', 'test' or None (all), got {dilemma_split!r}")
+        dilemmas = [d for d in data.dilemmas if dilemma_split is None or dilemma_split_of(d) == dilemma_split]
         return cls(
-            per_dim(data.dilemmas, max_dilemmas) if max_dilemmas is not None else list(data.dilemmas),
+            per_dim(dilemmas, max_dilemmas) if max_dilemmas is not None else dilemmas,
             _spread(data.portrait_items, max_portrait),
             list(data.neutral_text[:max_neutral]),
             per_dim(data.questions_of("test"), max_questions) if max_questions is not None else data.questions_of("test"),
+            dilemma_variant,
         )
 
     @classmethod
@@ -92,4 +109,5 @@ def _spread(items: list[dict], k: int | None) -> list[dict]:
     return out
 
 
-__all__ = ["Dilemmas", "Instrument", "Instruments", "Metrics", "NeutralText", "Portrait", "ScoredSeq", "portrait_scores"]
+__all__ = ["Dilemmas", "Instrument", "Instruments", "Metrics", "NeutralText", "Portrait", "ScoredSeq", "Variant", "personas",
+           "portrait_scores"]

@@ -176,7 +176,7 @@ def compare(
         "sizes": ks, "size_fractions": [k / (len(stats.layers) * stats.d_mlp) for k in ks], "selectors": names,
         "gammas": gammas, "n_random": n_random, "random_match": random_match, "keep_prob": keep_prob, "seed": seed,
         "scope": scope, "probe_C": probe_C, "n_conditions": len(conditions) + 1, "evaluation_wall_s": eval_s,
-        "instrument_sizes": {k: len(v) for k, v in vars(instruments).items()}, "instruments_sha256": sha256_json(vars(instruments)),
+        "instrument_sizes": {k: len(v) for k, v in instruments.items().items()}, "instruments_sha256": sha256_json(vars(instruments)),
         "attribution_dilemmas": sorted(d.get("id", "") for d in dilemmas) if dilemmas is not None else None,
         "sets": {f"{s}|{d}|{p}|{k}": ns.params for (s, d, p, k), ns in sets.items() if s in names},
     }  # fmt: skip
