@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "guarantees.md"
 TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 LOCATE = ["--model", "tiny-llama", "--dimensions", "co,oc", "--max-pairs", "2", "--selection", "top_k:10", "--quiet"]
-VALIDATE = {"max_dilemmas": 1, "max_portrait": 3, "max_neutral": 1, "max_questions": 1, "n_random": 2}
+VALIDATE = {"max_dilemmas": 1, "max_portrait": 3, "max_neutral": 1, "max_questions": 1, "n_random": 2, "kl_targets": [0.001],
+            "controls": ["prompted", "steering"]}  # a random tiny model never reaches KL 0.1
 
 
 def test_every_test_named_on_the_guarantees_page_exists():
@@ -114,23 +115,26 @@ def validated(located, tmp_path_factory) -> Path:
 
 
 def test_an_interrupted_validation_resumes_to_the_same_table(located, validated, tmp_path, monkeypatch):
+    """Ctrl-C during validation keeps what the stage had computed (the steering vectors of the
+    positive control) and a resumed run gives the table of an uninterrupted one."""
     folder = tmp_path / "run"
     shutil.copytree(located, folder)
-    original, calls, stop_at = V.validate, [], [2]
+    original, calls = V.validate, []
 
-    def counted(*args, **kwargs):  # Ctrl-C at the call numbered stop_at
-        calls.append(kwargs["dimensions"])
-        if len(calls) in stop_at:
+    def interrupted(*args, **kwargs):  # Ctrl-C in the first call, once the stage has started
+        calls.append(kwargs.get("steering"))
+        if len(calls) == 1:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(V, "validate", counted)
+    monkeypatch.setattr(V, "validate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         validate_stage(folder)
-    assert len(list((folder / "validation").glob("part_*.json"))) == 1  # the first dimension is kept
-    stop_at.clear()
+    vectors = folder / "validation" / "steering.json"
+    assert vectors.exists() and json.loads((folder / "run.json").read_text())["done"] == ["locate"]
+    kept = vectors.stat().st_mtime_ns
     validate_stage(folder)
-    assert calls[2:] == [calls[1]]  # the resumed run validated the interrupted dimension only
+    assert vectors.stat().st_mtime_ns == kept  # reused, not recomputed
     pd.testing.assert_frame_equal(pd.read_csv(folder / "validation" / "validation.csv"),
                                   pd.read_csv(validated / "validation" / "validation.csv"))  # fmt: skip
     done = [json.loads((f / "run.json").read_text())["done"] for f in (folder, validated)]

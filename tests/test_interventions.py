@@ -172,3 +172,29 @@ def test_a_hand_built_set_without_act_prob_says_so():
         I.value_edit((3, 96), bare, None, 1.0)
     with pytest.raises(ValueError, match="v must be 'prob'"):
         I.value_edit((3, 96), bare, None, 1.0, v="mean")
+
+
+def test_partial_clamp_and_the_dosed_edit(tiny_llama):
+    """clamp_strength c: a <- a - c * max(a, 0); the dosed edit is the paper's edit from dose 1 on and nothing at 0."""
+    from vlens.interventions import apply, dosed_edit, value_edit
+
+    shape = (3, 96)
+    ns = NeuronSet("Conservation", "+", torch.tensor([1, 1]), torch.tensor([3, 7]), torch.ones(2), *shape,
+                   act_prob=torch.ones(2), delta=torch.ones(2))  # fmt: skip
+    other = NeuronSet("Conservation", "-", torch.tensor([1]), torch.tensor([5]), torch.ones(1), *shape,
+                      act_prob=torch.ones(1), delta=torch.ones(1))  # fmt: skip
+    seen = {}
+    with apply(tiny_llama, [dosed_edit(shape, ns, other, 0.0, keep_prob=1.0), dosed_edit(shape, ns, other, 0.5, keep_prob=1.0),
+                            value_edit(shape, ns, other, 2.0, keep_prob=1.0)], rows=torch.tensor([0, 1, 2])):  # fmt: skip
+        tiny_llama.run_with_hooks(torch.tensor([[1, 2, 3]] * 3), fwd_hooks=[("blocks.1.mlp.hook_post", lambda a, hook: seen.update(a=a.clone()))])
+    with torch.no_grad():
+        _, cache = tiny_llama.run_with_cache(torch.tensor([[1, 2, 3]]))
+    raw = cache["blocks.1.mlp.hook_post"][0]
+    a = seen["a"]
+    assert torch.allclose(a[0], raw, atol=1e-6)  # dose 0: unedited
+    half = raw[:, 5] - 0.5 * raw[:, 5].clamp(min=0)
+    assert torch.allclose(a[1][:, 5], half, atol=1e-6)  # half a clamp
+    assert torch.allclose(a[2][:, 5], raw[:, 5].clamp(max=0), atol=1e-6)  # the paper's clamp
+    assert dosed_edit(shape, ns, other, 2.0).clamp_strength == 1.0
+    with pytest.raises(ValueError, match="dose must be >= 0"):
+        dosed_edit(shape, ns, other, -1.0)

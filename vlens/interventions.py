@@ -69,6 +69,7 @@ class Edit:
     label: str = "none"
     hook: str = "post"  # the hook family the neurons were located at (vlens.runner.HOOK_POINTS)
     resid: Float[Tensor, "layer d_model"] | None = None  # added at blocks.{l}.hook_resid_post
+    clamp_strength: float = 1.0  # c in a <- a - c * max(a, 0) on clamp_mask; 1 is the paper's min(a, 0)
 
     def __post_init__(self) -> None:
         if self.resid is not None and (self.resid.ndim != 2 or self.resid.shape[0] != self.scale.shape[0]):
@@ -189,6 +190,7 @@ def value_edit(
     v: str = "prob",
     keep_prob: float = 0.9,
     seed: int = 0,
+    clamp_strength: float = 1.0,
 ) -> Edit:
     """The paper's edit toward ``target``'s pole.
 
@@ -196,7 +198,9 @@ def value_edit(
     ``gamma * v * sigmoid(10 * (delta - 0.15))`` on a Bernoulli(``keep_prob``) subset
     redrawn each step; ``boost_only`` / ``clamp_only`` keep one half. ``v`` is the
     neuron's activation probability (``"prob"``) or 95th-percentile activation (``"p95"``).
-    Reverse steering is the same edit with the two sets swapped.
+    Reverse steering is the same edit with the two sets swapped. ``clamp_strength`` c in [0, 1]
+    clamps partially, ``a <- a - c * max(a, 0)`` (1: the paper's clamp), so a dose can scale the
+    whole edit down to nothing (see :func:`dosed_edit`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown edit mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -204,7 +208,9 @@ def value_edit(
     if not 0 <= keep_prob <= 1:
         raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
     e = Edit.identity(*shape, label=f"{mode}({target.name}, gamma={gamma:g}, seed={seed})", hook=_located_at(target, opposing))
-    e.keep_prob, e.seed = keep_prob, seed
+    if not 0 <= clamp_strength <= 1:
+        raise ValueError(f"clamp_strength must be in [0, 1], got {clamp_strength}")
+    e.keep_prob, e.seed, e.clamp_strength = keep_prob, seed, float(clamp_strength)
     if mode in {"paper", "clamp_only"} and opposing is not None and len(opposing):
         e.clamp_mask[opposing.layers, opposing.neurons] = True
     if mode in {"paper", "boost_only"} and len(target):
@@ -220,6 +226,17 @@ def value_edit(
         weight = torch.sigmoid(10 * (target.delta.float() - 0.15))
         e.boost[target.layers, target.neurons] = gamma * strength.float() * weight
     return e
+
+
+def dosed_edit(shape: tuple[int, int], target: NeuronSet, opposing: NeuronSet | None, dose: float, **kwargs: Any) -> Edit:
+    """The paper's edit scaled as one dose, for matching costs: from dose 1 on it is
+    :func:`value_edit` at gamma = dose exactly; below 1 the boost is gamma = dose and the opposing
+    set is clamped with strength = dose, so dose 0 is the unedited model. (The paper's clamp alone
+    can cost more than a small KL target: on SmolLM2 it is 0.18 nats/token for 2,000 neurons.)"""
+    dose = _finite("dose", dose)
+    if dose < 0:
+        raise ValueError(f"dose must be >= 0, got {dose}")
+    return value_edit(shape, target, opposing, dose, clamp_strength=min(dose, 1.0), **kwargs)
 
 
 def _dense(stats: NeuronStats, values: Float[Tensor, "slayer neuron"], shape: tuple[int, int]) -> Tensor:
@@ -250,6 +267,7 @@ class _EditHooks:
         stack = lambda name: torch.stack([getattr(e, name) for e in edits]).to(device)  # noqa: E731
         self.scale, self.set_mask, self.set_value = stack("scale"), stack("set_mask"), stack("set_value")
         self.clamp_mask, self.boost = stack("clamp_mask"), stack("boost")
+        self.clamp_strength = torch.tensor([float(e.clamp_strength) for e in edits], device=device)
         self.edits, self.scope, self.device = list(edits), scope, device
         self.keep_prob = [e.keep_prob for e in edits]
         self.rows = rows
@@ -322,7 +340,8 @@ class _EditHooks:
             pick = lambda t: einops.rearrange(t[rows, layer], "b n -> b 1 n")  # noqa: E731
             out = acts * pick(self.scale).to(acts.dtype)
             out = torch.where(pick(self.set_mask), pick(self.set_value).to(acts.dtype), out)
-            out = torch.where(pick(self.clamp_mask), out.clamp(max=0), out)
+            c = einops.rearrange(self.clamp_strength[rows], "b -> b 1 1").to(acts.dtype)
+            out = torch.where(pick(self.clamp_mask), out - c * out.clamp(min=0), out)  # c = 1: min(a, 0)
             boost = self.boost[:, layer] * self._keep(layer, acts.shape[-1])
             return out + einops.rearrange(boost[rows], "b n -> b 1 n").to(acts.dtype)
 

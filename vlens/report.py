@@ -131,7 +131,8 @@ def markdown_summary(run_dir: str | os.PathLike) -> str:
     if (run_dir / "locate" / "locate.json").exists():
         loc = LocateResult.load(run_dir / "locate")
         lines += ["## Neuron sets", "", "```", loc.summary(), "```", ""]
-    lines += ["## Configuration", "", f"vlens {meta['vlens_version']}; timings (s): {meta.get('timings')}", "",
+    timings = {k: v for k, v in (meta.get("timings") or {}).items() if k != "report"}  # the report's own is in run.json
+    lines += ["## Configuration", "", f"vlens {meta['vlens_version']}; stage timings (s): {timings}", "",
               "```json", json.dumps(cfg, indent=1, sort_keys=True), "```", ""]  # fmt: skip
     return "\n".join(lines)
 

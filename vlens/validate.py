@@ -32,7 +32,7 @@ import pandas as pd
 from vlens._io import VlensFileError, atomic_write, read_json, sha256_file, sha256_json, vlens_version, write_json
 from vlens.evaluate import Instruments
 from vlens.experiment import cells, circumplex_changes, random_seeds, summarise
-from vlens.interventions import _check_set, value_edit
+from vlens.interventions import _check_set, dosed_edit
 from vlens.locate import LocateResult
 from vlens.models import model_info
 from vlens.neurons import NeuronSet
@@ -169,13 +169,13 @@ def validate(
     for d in dims:
         for direction in directions:
             target, opposing = neuron_sets[f"{d}:{direction}"], neuron_sets[f"{d}:{'-' if direction == '+' else '+'}"]
-            make = lambda g, t=target, o=opposing: value_edit(shape, t, o, g, keep_prob=keep_prob, seed=seed)  # noqa: E731
+            make = lambda g, t=target, o=opposing: dosed_edit(shape, t, o, g, keep_prob=keep_prob, seed=seed)  # noqa: E731
             families.append(Family("value", make, d, direction, size=len(target), selector=target.method))
             families += _control_families(model, stats, steering, controls, d, direction)
     value_sets = [neuron_sets[f"{d}:{p}"] for d in dims for p in "+-"]
     for r, (boost, clamp) in enumerate(shared_random_pairs(value_sets, n_random, seed, stats=stats,
                                                             match_frequency=match_frequency)):  # fmt: skip
-        make = lambda g, b=boost, c=clamp, r=r: value_edit(shape, b, c, g, keep_prob=keep_prob, seed=random_seeds(seed, r)[0])  # noqa: E731
+        make = lambda g, b=boost, c=clamp, r=r: dosed_edit(shape, b, c, g, keep_prob=keep_prob, seed=random_seeds(seed, r)[0])  # noqa: E731
         families.append(Family("random", make, seed=r, size=len(boost), selector="random"))
     conditions, calibration = dosed_conditions(model, families, instruments, kl_targets=kl_targets, gammas=gammas,
                                                max_dose=max_dose, tol=tol, batch_size=batch_size)  # fmt: skip
