@@ -47,7 +47,7 @@ def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = No
     if level is None:
         kl = levels[levels.level == "kl"]
         level = tuple((kl if len(kl) else levels).iloc[0])
-    s = summary[(summary.level == level[0]) & (summary.at == level[1])]
+    s = summary[(summary.level == level[0]) & (summary["at"] == level[1])]  # summary.at is pandas' .at indexer, not the column
     get = lambda row, c: row[c] if c in row and pd.notna(row[c]) else float("nan")  # noqa: E731
     rows = []
     for _, r in s.iterrows():
