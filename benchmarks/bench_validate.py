@@ -11,6 +11,8 @@ instruments (``--dilemmas`` per dimension, ``--neutral`` texts for the KL cost, 
           shared prompt prefix recomputed once per condition, with its edit
 - answer: ``evaluate_edits(scope="answer")``, the default: each prefix minus its last token
           once, unedited, for all conditions; each condition runs only its answer tokens
+- before: the engine as the issue found it, ``scope="all"`` with listed options (``--before``),
+          against which the new default (answer scope, the default cloze reading) is timed
 
 Printed: the medians with every round's time and the spread (max / min), and the ratios
 
@@ -26,7 +28,7 @@ The unedited reference must read the same in both scopes; the largest difference
 per condition over full prompts, all conditions batched over full prompts, batched with
 prefix reuse; goal reuse >= 10x faster than the loop) and checks that the three agree.
 
-Usage: python benchmarks/bench_validate.py [--conditions 20] [--dilemmas 6] [--neutral 1] [--repeats 3] [--loop]
+Usage: python benchmarks/bench_validate.py [--conditions 20] [--dilemmas 6] [--neutral 1] [--repeats 3] [--loop] [--before listed-mean]
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="default: the offline SmolLM2; 'tiny-llama' for a smoke run")
     ap.add_argument("--loop", action="store_true", help="also the per-condition loop comparison (scope all)")
+    ap.add_argument("--before", default="listed-mean",
+                    help="the dilemma reading of the engine before issue 13 (listed options, scope all), timed beside "
+                         "the new default ('' to skip)")  # fmt: skip
     args = ap.parse_args()
     if args.conditions < 1 or args.dilemmas < 1 or args.repeats < 1:
         ap.error("--conditions, --dilemmas and --repeats must be at least 1")
@@ -153,7 +158,8 @@ def main() -> None:
           f"{len(inst.neutral_text)} neutral texts; {len(seqs)} sequences, {full_tokens} tokens in full")  # fmt: skip
 
     bare(model, rows[:4], args.batch_size)  # warm-up
-    times: dict[str, list[float]] = {"bare": [], "all": [], "answer": []}
+    times: dict[str, list[float]] = {"bare": [], "all": [], "answer": []} | ({"before": []} if args.before else {})
+    old = Instruments(inst.dilemmas, inst.portrait_items, inst.neutral_text, dilemma_variant=args.before or inst.dilemma_variant)
     tokens: dict[str, int] = {"bare": full_tokens}
     results: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.repeats):
@@ -166,15 +172,24 @@ def main() -> None:
                 results[scope] = evaluate_edits(model, edits, inst, scope=scope, batch_size=args.batch_size)
                 times[scope].append(time.perf_counter() - t0)
             tokens[scope] = count[0]
+        if args.before:  # the engine as it was: listed options, every token edited
+            with counting_tokens() as count:
+                t0 = time.perf_counter()
+                evaluate_edits(model, edits, old, scope="all", batch_size=args.batch_size)
+                times["before"].append(time.perf_counter() - t0)
+            tokens["before"] = count[0]
 
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: tokens[k] / med[k] for k in med}
-    for k in ("bare", "all", "answer"):
+    for k in times:
         per_item = "" if k == "bare" else f", {items / med[k]:7.1f} condition-items/s, {len(edits) * full_tokens / med[k]:8.1f} effective tokens/s"
         print(f"  {k:6s} {spread(times[k])}")
         print(f"         {tokens[k]} tokens run, {rate[k]:7.1f} tokens/s{per_item}")
     print(f"  unedited reference, answer vs all: largest difference {largest_difference(results['all'][0], results['answer'][0]):.2e}")
-    print(f"RATIO condition-items/s answer / all = {med['all'] / med['answer']:.2f}x  (goal >= 5x)")
+    print(f"RATIO condition-items/s answer / all = {med['all'] / med['answer']:.2f}x  (same instrument, {inst.dilemma_variant})")
+    if args.before:
+        print(f"RATIO condition-items/s new default ({inst.dilemma_variant}, answer) / before ({args.before}, all) = "
+              f"{med['before'] / med['answer']:.2f}x  (goal >= 5x)")
     print(f"RATIO tokens/s answer / bare         = {rate['answer'] / rate['bare']:.3f}  (goal >= 0.9)")
     print(f"RATIO tokens/s all / bare            = {rate['all'] / rate['bare']:.3f}")
     print(f"RATIO tokens run answer / all        = {tokens['answer'] / tokens['all']:.3f}")

@@ -193,7 +193,7 @@ def summarise(result: Any, metric: str = "orientation") -> pd.DataFrame:
     t = table_of(result)
     c = per_condition(t, metric)
     c["level"] = c.target_kl.where(c.target_kl.notna(), c.gamma)  # calibrated edits pair by target KL
-    group = c[["steered", "direction", "size", "level"]].astype(str).agg("|".join, axis=1)
+    group = c[["steered", "direction", "size", "level"]].map(str).agg("|".join, axis=1)
     randoms = c[c.source == "random"].assign(group=group)
     out = []
     for i, v in c[c.source == "value"].iterrows():
