@@ -206,7 +206,7 @@ def tiny64():
 
 def _metric(model, dilemmas, adds=None, *, grad=False):
     """M for each patch in ``adds`` ([n_patch, n_layers, d_mlp] added at every position), one sequence per row."""
-    seqs = build_sequences(model, Instruments(dilemmas=dilemmas))
+    seqs = build_sequences(model, Instruments(dilemmas=dilemmas, dilemma_variant="listed-mean"))
     n_patch = 1 if adds is None else adds.shape[0]
     rows = [(g, s) for g in range(n_patch) for s in seqs]
     width = max(len(s.ids) for s in seqs)
@@ -226,7 +226,7 @@ def _metric(model, dilemmas, adds=None, *, grad=False):
         scored = torch.tensor(s.ids[s.split :])
         mean = lp[r, s.split - 1 : len(s.ids) - 1].gather(-1, scored[:, None]).mean()
         out = out.index_add(
-            0, torch.tensor([g]), ((1 if s.key[2] == "plus" else -1) * mean / (2 * len(dilemmas)))[None]
+            0, torch.tensor([g]), ((1 if s.key[-1] == "plus" else -1) * mean / (2 * len(dilemmas)))[None]
         )
     return out
 
@@ -308,9 +308,7 @@ def test_set_sizes():
 
 
 def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompts):
-    data = vlens.load_value_data()
-    inst = Instruments(dilemmas=DILEMMAS[:1], portrait_items=data.portrait_items[:2],
-                       neutral_text=[{"id": "n", "text": "The sun rose over the quiet town."}])  # fmt: skip
+    inst = _tiny_instruments()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(0.02,), instruments=inst, n_random=2,
@@ -340,8 +338,9 @@ def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompt
 
 def _tiny_instruments():
     data = vlens.load_value_data()
+    # per-token means: a summed option log-prob of a random tiny model saturates the orientation at 0 or 1
     return Instruments(dilemmas=DILEMMAS[:1], portrait_items=data.portrait_items[:2],
-                       neutral_text=[{"id": "n", "text": "The sun rose over the quiet town."}])  # fmt: skip
+                       neutral_text=[{"id": "n", "text": "The sun rose over the quiet town."}], dilemma_variant="cloze-mean")  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore:lape ranks only")

@@ -297,6 +297,7 @@ def run_pipeline(
                      match_frequency=vc.match_frequency, seed=lc.seed, batch_size=max(lc.batch_size, 32),
                      progress=progress and run.writer)  # fmt: skip
         if run.writer:
+            v.meta["config"] = config.to_dict()  # the run's settings beside validate's own record
             v.save(run.folder / "validation")
             run.finish("validate", time.time() - t)
         distributed.barrier()

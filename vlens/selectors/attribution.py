@@ -43,8 +43,9 @@ def dilemma_metric_rows(model: Any, dilemmas: Sequence[dict[str, Any]]) -> tuple
     - mean log-prob of the - option's tokens)``, so a sequence's weight is
     ``+-1 / (2 n_items n_option_tokens)`` on the sum of its option tokens' log-probs.
     """
-    seqs = build_sequences(model, Instruments(dilemmas=list(dilemmas)))
-    weights = [(1.0 if s.key[2] == "plus" else -1.0) / (2 * len(dilemmas) * (len(s.ids) - s.split)) for s in seqs]
+    # M is defined on listed options (both orders, per-token means), whatever the validation's default reading
+    seqs = build_sequences(model, Instruments(dilemmas=list(dilemmas), dilemma_variant="listed-mean"))
+    weights = [(1.0 if s.key[-1] == "plus" else -1.0) / (2 * len(dilemmas) * (len(s.ids) - s.split)) for s in seqs]
     return [s.ids for s in seqs], [s.split for s in seqs], weights
 
 
