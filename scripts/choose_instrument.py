@@ -30,7 +30,7 @@ def main() -> None:
     model = vlens.load_model(args.model)
     data = vlens.load_value_data()
     dev = [d for d in data.dilemmas if dilemma_split(d) == "dev"]
-    held = [d for d in data.descriptions if d.get("split") == "test"] or data.descriptions
+    held = data.descriptions_of("test")  # v1 data has no description split: all of them
     t = time.time()
     table = instrument_sensitivity(model, dev, held, persona_slot=args.slot)
     rank = table[table.dimension == "all"].groupby("variant").min_z.first().sort_values(ascending=False)

@@ -289,11 +289,10 @@ def run_pipeline(
         steering = None
         if "steering" in vc.controls:
             steering = _steering_vectors(model, data, lc, run)
-        descriptions = data.descriptions_of("test") if hasattr(data, "descriptions_of") else None
         run.log.info("validate: KL targets %s, gammas %s, %d random edits, controls %s, %d dilemmas (%s)",
                      vc.kl_targets, vc.gammas, vc.n_random, vc.controls, len(instruments.dilemmas), vc.instrument)  # fmt: skip
         v = validate(model, result, instruments=instruments, kl_targets=vc.kl_targets, gammas=vc.gammas,
-                     n_random=vc.n_random, controls=vc.controls, descriptions=descriptions or None, steering=steering,
+                     n_random=vc.n_random, controls=vc.controls, descriptions=data.descriptions_of("test"), steering=steering,
                      match_frequency=vc.match_frequency, seed=lc.seed, batch_size=max(lc.batch_size, 32),
                      progress=progress and run.writer)  # fmt: skip
         if run.writer:

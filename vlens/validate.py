@@ -216,15 +216,14 @@ def check_doses(kl_targets: Sequence[float], gammas: Sequence[float]) -> tuple[l
 
 
 def _held_out_descriptions(descriptions: Sequence[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], bool]:
-    """The prompted control's descriptions, and whether locate never saw them (the shipped data's
-    ``test`` descriptions; v1 data has no description split, so it states locate's own)."""
-    if descriptions is not None:
-        return list(descriptions), False
-    from vlens.data import load_value_data
+    """The prompted control's descriptions (default: the shipped data's ``test`` ones; v1 data has no
+    description split, so it states locate's own), and whether locate never saw them."""
+    if descriptions is None:
+        from vlens.data import load_value_data
 
-    data = load_value_data()
-    held = [d for d in data.descriptions if d.get("split") == "test"]
-    return (held, True) if held else (list(data.descriptions), False)
+        descriptions = load_value_data().descriptions_of("test")
+    descriptions = list(descriptions)
+    return descriptions, bool(descriptions) and all(d.get("split") == "test" for d in descriptions)
 
 
 def _control_families(model: Any, stats: NeuronStats, steering: Any, controls: Sequence[str], d: str, direction: str) -> list:
