@@ -382,6 +382,14 @@ def item_logodds(result: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     return x, labels.assign(kl=cost.reindex(labels.index))
 
 
+def item_changes(result: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Every condition's per-item change of the log-odds from the unedited model (as
+    :func:`item_logodds`), the conditions' labels, and each item column's dimension."""
+    x, labels = item_logodds(result)
+    dim_of = pd.Series([c.split("/", 1)[0] for c in x.columns], index=x.columns)
+    return x - x.loc[labels.index[labels.source == "none"][0]], labels, dim_of
+
+
 def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float = 0.95) -> pd.DataFrame:
     """The verdict table: one row per dose level (a target KL, or a hand-given gamma) and (steered
     dimension, direction) cell of the value edits.
@@ -399,10 +407,7 @@ def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float =
     """
     from vlens.significance import instrument_sees, null_test, paired_z, verdicts
 
-    x, labels = item_logodds(result)
-    dim_of = pd.Series([c.split("/", 1)[0] for c in x.columns], index=x.columns)
-    base = x.loc[labels.index[labels.source == "none"][0]]
-    diff = x - base  # every condition's per-item change
+    diff, labels, dim_of = item_changes(result)
     sign = lambda direction: -1.0 if direction == "-" else 1.0  # noqa: E731
 
     def shift(cond: Any, dim: str, direction: str) -> pd.Series:
@@ -449,18 +454,16 @@ def circumplex_changes(result: Any) -> pd.DataFrame:
     """The mean per-item log-odds change of every value edit on every measured dimension (columns
     ``level``, ``at``, ``steered``, ``direction``, ``measured``, ``change``), for
     :func:`vlens.significance.circumplex`."""
-    x, labels = item_logodds(result)
-    dim_of = pd.Series([c.split("/", 1)[0] for c in x.columns], index=x.columns)
-    base = x.loc[labels.index[labels.source == "none"][0]]
+    diff, labels, dim_of = item_changes(result)
     rows = []
     for c, v in labels[labels.source == "value"].iterrows():
         at = v.target_kl if pd.notna(v.target_kl) else v.gamma
         for dim in dict.fromkeys(dim_of):
             cols = dim_of.index[dim_of == dim]
             rows.append({"level": "kl" if pd.notna(v.target_kl) else "gamma", "at": at, "steered": v.steered,
-                         "direction": v.direction, "measured": dim, "change": float((x.loc[c, cols] - base[cols]).mean())})  # fmt: skip
+                         "direction": v.direction, "measured": dim, "change": float(diff.loc[c, cols].mean())})  # fmt: skip
     return pd.DataFrame(rows)
 
 __all__ = ["CONDITION_KEYS", "SUMMARY_KEYS", "TABLE_COLUMNS", "Condition", "Family", "cells", "check_design", "circumplex_changes",
-           "controls", "dosed_conditions", "expand_shared", "instrument_sensitivity", "item_logodds", "matched_pair", "prompted_conditions", "shared_random_pairs", "union_profile",
+           "controls", "dosed_conditions", "expand_shared", "instrument_sensitivity", "item_changes", "item_logodds", "matched_pair", "prompted_conditions", "shared_random_pairs", "union_profile",
            "per_condition", "random_seeds", "run", "steering_conditions", "summarise", "table_of"]  # fmt: skip

@@ -712,9 +712,7 @@ def matched_effects(validation: Any) -> Figure:
     circles) should stand above the grey random edits at the same KL; the dashed line is the
     prompted control (the ceiling: the value stated in the prompt); controls show what a steering
     vector or a dense MLP edit achieves at the same cost."""
-    x, labels = experiment.item_logodds(validation)
-    dim_of = pd.Series([c.split("/", 1)[0] for c in x.columns], index=x.columns)
-    change = x - x.loc[labels.index[labels.source == "none"][0]]
+    change, labels, dim_of = experiment.item_changes(validation)
     cells = labels[labels.source == "value"][["steered", "direction"]].drop_duplicates()
     if cells.empty:
         raise ValueError("no value edits in the validation table: nothing to draw")
