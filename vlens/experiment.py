@@ -231,7 +231,7 @@ class Family:
 
     @property
     def key(self) -> tuple:
-        return (self.source, self.steered, self.direction, self.seed)
+        return (self.source, self.selector, self.size, self.steered, self.direction, self.seed)
 
     def condition(self, dose: float, target_kl: float | None = None) -> Condition:
         return Condition(self.source, self.make(dose), selector=self.selector, steered=self.steered,
@@ -306,8 +306,8 @@ def dosed_conditions(
                             tol=tol, batch_size=batch_size)  # fmt: skip
             for (key, target), dose in cal.doses.items():
                 conditions.append(by_key[key].condition(dose, target))
-                rows.append({"source": key[0], "steered": key[1], "direction": key[2], "seed": key[3],
-                             "target_kl": target, "dose": dose, "kl": cal.kls[(key, target)], "passes": cal.passes})  # fmt: skip
+                rows.append(dict(zip(("source", "selector", "size", "steered", "direction", "seed"), key, strict=True))
+                            | {"target_kl": target, "dose": dose, "kl": cal.kls[(key, target)], "passes": cal.passes})  # fmt: skip
     return conditions, pd.DataFrame(rows)
 
 
@@ -405,7 +405,7 @@ def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float =
     correction (:func:`vlens.significance.verdicts`) run over the cells of one level; ``p="t"`` by
     default because with 20 random edits no empirical p can survive Holm over 8 cells (min 8/21).
     """
-    from vlens.significance import instrument_sees, null_test, paired_z, verdicts
+    from vlens.significance import verdicts
 
     diff, labels, dim_of = item_changes(result)
     sign = lambda direction: -1.0 if direction == "-" else 1.0  # noqa: E731
@@ -416,38 +416,52 @@ def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float =
     prompted = {lab.direction: c for c, lab in labels[labels.source == "prompted"].iterrows()}
     labels = labels.assign(level=np.where(labels.target_kl.notna(), "kl", "gamma"),
                            at=labels.target_kl.where(labels.target_kl.notna(), labels.gamma))  # fmt: skip
+    # A validation has one selector and one null (the random edits share the value sets' mean size). A
+    # comparison (vlens.selectors.compare) has several selectors and set sizes, and one null per size: each
+    # (selector, size) is then its own verdict family (Holm), judged against the random edits of its size.
+    edits = labels[labels.source == "value"]
+    by_size = labels[labels.source == "random"]["size"].nunique() > 1
+    keyed = by_size or edits.selector.nunique() > 1
     out = []
     for (level, at), group in labels[labels.source.isin(["value", "random", "steering", "dense"])].groupby(["level", "at"]):
         randoms = group[group.source == "random"]
-        rows = []
-        for c, v in group[group.source == "value"].iterrows():
-            d, direction = v.steered, v.direction
-            diffs = shift(c, d, direction)
-            null = [shift(r, d, direction).mean() for r in randoms.index]
-            row = {"level": level, "at": at, "steered": d, "direction": direction, "gamma": v.gamma, "effect": diffs.mean(),
-                   "diffs": diffs.to_numpy(), "null": null, "kl": v.kl, "random_kl": randoms.kl.mean()}  # fmt: skip
-            if direction in prompted:
-                pd_ = shift(prompted[direction], d, direction)
-                row |= {"prompted_shift": pd_.mean(), "prompted_z": paired_z(pd_.to_numpy())}
-                row["blind"] = not instrument_sees(row["prompted_z"])
-                row["fraction_of_prompted"] = row["effect"] / row["prompted_shift"] if row["prompted_shift"] else math.nan
-            for source in ("steering", "dense"):
-                ctl = group[(group.source == source) & (group.steered == d) & (group.direction == direction)]
-                if len(ctl):
-                    eff = shift(ctl.index[0], d, direction).mean()
-                    row |= {f"{source}_shift": eff, f"{source}_kl": ctl.kl.iloc[0],
-                            f"{source}_z": null_test(eff, null).z if len(null) >= 2 else math.nan}  # fmt: skip
-                    if "prompted_shift" in row:
-                        row[f"{source}_fraction"] = eff / row["prompted_shift"] if row["prompted_shift"] else math.nan
-            rows.append(row)
-        if not rows:
-            continue
-        if len(randoms) < 2:
-            raise ValueError(f"level {level}={at:g} has {len(randoms)} random edits; a null needs at least 2")
-        out.append(verdicts(pd.DataFrame(rows), alpha=alpha, p=p, confidence=confidence))
+        for (selector, size), values in group[group.source == "value"].groupby(["selector", "size"], dropna=False, sort=False):
+            null = randoms[randoms["size"] == size] if by_size else randoms
+            if len(null) < 2:
+                raise ValueError(f"level {level}={at:g} has {len(null)} random edits{f' of size {size}' if by_size else ''}; "
+                                 "a null needs at least 2")  # fmt: skip
+            rows = [_cell_row(level, at, c, v, null, group, prompted, shift) for c, v in values.iterrows()]
+            table = verdicts(pd.DataFrame(rows), alpha=alpha, p=p, confidence=confidence)
+            out.append(table.assign(selector=selector, size=size) if keyed else table)
     if not out:
         raise ValueError("no value edits in the table: nothing to give a verdict on")
     return pd.concat(out, ignore_index=True).drop(columns=["diffs", "null"])
+
+
+def _cell_row(level: str, at: float, c: Any, v: Any, randoms: pd.DataFrame, group: pd.DataFrame, prompted: dict,
+              shift: Callable[[Any, str, str], pd.Series]) -> dict[str, Any]:  # fmt: skip
+    """One cell of :func:`cells`: value edit ``c`` (labels ``v``) against ``randoms``, with the controls of ``group``."""
+    from vlens.significance import instrument_sees, null_test, paired_z
+
+    d, direction = v.steered, v.direction
+    diffs = shift(c, d, direction)
+    null = [shift(r, d, direction).mean() for r in randoms.index]
+    row = {"level": level, "at": at, "steered": d, "direction": direction, "gamma": v.gamma, "effect": diffs.mean(),
+           "diffs": diffs.to_numpy(), "null": null, "kl": v.kl, "random_kl": randoms.kl.mean()}  # fmt: skip
+    if direction in prompted:
+        pd_ = shift(prompted[direction], d, direction)
+        row |= {"prompted_shift": pd_.mean(), "prompted_z": paired_z(pd_.to_numpy())}
+        row["blind"] = not instrument_sees(row["prompted_z"])
+        row["fraction_of_prompted"] = row["effect"] / row["prompted_shift"] if row["prompted_shift"] else math.nan
+    for source in ("steering", "dense"):
+        ctl = group[(group.source == source) & (group.steered == d) & (group.direction == direction)]
+        if len(ctl):
+            eff = shift(ctl.index[0], d, direction).mean()
+            row |= {f"{source}_shift": eff, f"{source}_kl": ctl.kl.iloc[0],
+                    f"{source}_z": null_test(eff, null).z if len(null) >= 2 else math.nan}  # fmt: skip
+            if "prompted_shift" in row:
+                row[f"{source}_fraction"] = eff / row["prompted_shift"] if row["prompted_shift"] else math.nan
+    return row
 
 
 def circumplex_changes(result: Any) -> pd.DataFrame:
