@@ -215,7 +215,8 @@ class Calibration:
 
 def calibrate(
     model: Any, make_edit: Callable[[Hashable, float], Edit], targets: Mapping[Hashable, float], neutral: NeutralText, *,
-    high: float, low: float = 0.0, tol: float = 0.05, max_iter: int = 30, batch_size: int = 32,
+    high: float, low: float = 0.0, tol: float = 0.05, max_iter: int = 30, batch_size: int = 32, progress: bool = False,
+    desc: str = "calibrate",
 ) -> Calibration:  # fmt: skip
     """The dose of every edit family at which its KL on ``neutral`` text reaches its target.
 
@@ -247,24 +248,35 @@ def calibrate(
             raise TypeError(f"make_edit({families[i]!r}, {dose:g}) returned {type(edit).__name__}, expected a vlens Edit")
         return edit
 
+    from tqdm.auto import tqdm
+
+    # The number of steps is not known in advance: the bar counts passes and shows how many families are matched.
+    bar = tqdm(desc=desc, unit="pass", disable=not progress, leave=False)
+
     def kl_of(doses: list[float]) -> list[float]:
         nonlocal passes
         new = [(i, d) for i, d in enumerate(doses) if (i, d) not in measured]
+        bar.set_postfix_str(f"{len(doses) - len(new)}/{len(doses)} families settled")
         groups: dict[str | None, list[tuple[tuple[int, float], Edit]]] = {}
         for key in new:
             edit = build(*key)
-            groups.setdefault(edit.hook if edit.touched_layers().any() else None, []).append((key, edit))
-        if None in groups and len(groups) > 1:  # an edit that changes nothing runs with any hook family
-            groups[next(h for h in groups if h is not None)] += groups.pop(None)
+            if edit.touched_layers().any():
+                groups.setdefault(edit.hook, []).append((key, edit))
+            else:  # an edit that changes nothing (dose 0, where the search starts) is the unedited model: KL 0, no pass
+                measured[key] = 0.0
         for group in groups.values():
             rows = evaluate_edits(model, [reference, *(e for _, e in group)], [neutral], batch_size=batch_size)
             passes += 1
+            bar.update()
             measured.update({key: row["kl"] for (key, _), row in zip(group, rows[1:], strict=True)})
         return [measured[(i, d)] for i, d in enumerate(doses)]
 
     names = [repr(f) for f in families]
-    found = bisect_doses(kl_of, [targets[f] for f in families], low=low, high=high, tol=tol, max_iter=max_iter,
-                         names=names)  # fmt: skip
+    try:
+        found = bisect_doses(kl_of, [targets[f] for f in families], low=low, high=high, tol=tol, max_iter=max_iter,
+                             names=names)  # fmt: skip
+    finally:
+        bar.close()
     pick = lambda values: dict(zip(families, values, strict=True))  # noqa: E731
     return Calibration(pick(found.doses), pick(found.kls), pick(found.targets), tol, passes, pick(found.monotone))
 

@@ -283,6 +283,7 @@ def shared_random_pairs(
 def dosed_conditions(
     model: Any, families: Sequence[Family], instruments: Instruments, *, kl_targets: Sequence[float] = (),
     gammas: Sequence[float] = (), max_dose: dict[str, float], tol: float = 0.1, batch_size: int = 32,
+    progress: bool = False,
 ) -> tuple[list[Condition], pd.DataFrame]:  # fmt: skip
     """The conditions of every family at every dose: neuron edits (value and random) at each hand-given
     gamma, and every family at the dose whose KL on ``instruments``' neutral text reaches each target
@@ -303,7 +304,7 @@ def dosed_conditions(
                 raise ValueError(f"no largest dose for {source} edits; give max_dose[{source!r}]")
             targets = {(f.key, float(t)): float(t) for f in families if f.source == source for t in kl_targets}
             cal = calibrate(model, lambda fam, dose: by_key[fam[0]].make(dose), targets, neutral, high=max_dose[source],
-                            tol=tol, batch_size=batch_size)  # fmt: skip
+                            tol=tol, batch_size=batch_size, progress=progress, desc=f"match {source} edits on KL")  # fmt: skip
             for (key, target), dose in cal.doses.items():
                 conditions.append(by_key[key].condition(dose, target))
                 rows.append(dict(zip(("source", "selector", "size", "steered", "direction", "seed"), key, strict=True))

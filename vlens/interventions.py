@@ -91,8 +91,8 @@ class Edit:
         return self.neuron_layers() | self.resid_layers()
 
     def neuron_layers(self) -> Bool[Tensor, " layer"]:
-        """Layers where this edit changes a neuron."""
-        changed = (self.scale != 1) | self.set_mask | self.clamp_mask | (self.boost != 0)
+        """Layers where this edit changes a neuron (a clamp of strength 0 changes nothing)."""
+        changed = (self.scale != 1) | self.set_mask | (self.clamp_mask & (self.clamp_strength > 0)) | (self.boost != 0)
         return changed.any(-1)
 
     def resid_layers(self) -> Bool[Tensor, " layer"]:

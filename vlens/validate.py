@@ -178,7 +178,7 @@ def validate(
         make = lambda g, b=boost, c=clamp, r=r: dosed_edit(shape, b, c, g, keep_prob=keep_prob, seed=random_seeds(seed, r)[0])  # noqa: E731
         families.append(Family("random", make, seed=r, size=len(boost), selector="random"))
     conditions, calibration = dosed_conditions(model, families, instruments, kl_targets=kl_targets, gammas=gammas,
-                                               max_dose=max_dose, tol=tol, batch_size=batch_size)  # fmt: skip
+                                               max_dose=max_dose, tol=tol, batch_size=batch_size, progress=progress)  # fmt: skip
     table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
     prompted_meta = None
     if "prompted" in controls:
