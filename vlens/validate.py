@@ -49,9 +49,16 @@ class ValidationResult:
     meta: dict[str, Any] = field(default_factory=dict)
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
+
     def summary(self, **kwargs: Any) -> pd.DataFrame:
-        """The verdict table: one row per dose level and (dimension, direction) cell (:func:`vlens.experiment.cells`)."""
-        return cells(self.table, **kwargs)
+        """The verdict table: one row per dose level and (dimension, direction) cell (:func:`vlens.experiment.cells`).
+        The default one is computed once (its bootstrap intervals take a few seconds) and kept."""
+        if kwargs:
+            return cells(self.table, **kwargs)
+        if self._summary is None:
+            self._summary = cells(self.table)
+        return self._summary.copy()
 
     def circumplex(self) -> pd.DataFrame:
         """Does steering a dimension toward ``+`` move its circumplex opposite the other way?"""
@@ -134,7 +141,7 @@ def validate(
     (:func:`vlens.evaluate.evaluate_edits`): ``"answer"`` (the last prompt token and the answer;
     the neutral text of the cost everywhere) or ``"all"``.
     """
-    from vlens.experiment import Family, cells, dosed_conditions, prompted_conditions, run, shared_random_pairs
+    from vlens.experiment import Family, dosed_conditions, prompted_conditions, run, shared_random_pairs
 
     if isinstance(neuron_sets, LocateResult):
         stats = stats or neuron_sets.stats
@@ -199,7 +206,7 @@ def validate(
                             "selection": v.params} for k, v in neuron_sets.items()},
     }  # fmt: skip
     result = ValidationResult(table, meta, calibration)
-    cells(result.table)  # a table that cannot be summarised fails here, not later in the report
+    result.summary()  # a table that cannot be summarised fails here, not later in the report
     return result
 
 
