@@ -141,6 +141,7 @@ class _Engine:
     """Runs (sequence, edit) rows in batches through :mod:`vlens.runner` and hands out the log-probs."""
 
     TOKEN_BUDGET = 4096  # rows x positions of log-probs held at once (x vocab floats)
+    LOGPROB_FLOATS = 2**26  # log-probs computed in one unembedding call (256 MB of float32)
 
     def __init__(self, model: Any, handle: Any, n_cond: int, batch_size: int, read: Any, scope: str = "all"):
         self.model, self.handle, self.read, self.batch_size, self.scope = model, handle, read, batch_size, scope
@@ -202,7 +203,14 @@ class _Engine:
     def _plain(self, seqs: list[ScoredSeq], seq_idx: list[int], conds: list[int]) -> None:
         rows = [(i, c) for i in seq_idx for c in conds]
         hidden = self._forward([seqs[i].ids for i, _ in rows], [c for _, c in rows])
-        lps = {(i, c): logprobs(self.model, hidden[r, seqs[i].split - 1 : len(seqs[i].ids)]) for r, (i, c) in enumerate(rows)}
+        # the unembedding a few rows at a time (a batched matmul is faster than one per row; the chunk
+        # bounds the log-probs held at once to about LOGPROB_FLOATS)
+        per = max(1, self.LOGPROB_FLOATS // (hidden.shape[1] * int(self.model.cfg.d_vocab)))
+        lps = {}
+        for start in range(0, len(rows), per):
+            lp = logprobs(self.model, hidden[start : start + per])
+            for r, (i, c) in enumerate(rows[start : start + per]):
+                lps[(i, c)] = lp[r, seqs[i].split - 1 : len(seqs[i].ids)]
         for (i, c), lp in lps.items():
             self.read(i, c, lp, lps.get((i, 0)))
 
@@ -235,8 +243,10 @@ class _Engine:
             tokens = [[prefixes[p][-1], *seqs[i].suffix] for i, p, _ in batch]
             # each pass is step 0 of its own (in _forward): the Bernoulli keep masks are those of the all scope
             hidden = self._forward(tokens, [c for _, _, c in batch], prefixes=done, pick=torch.tensor([p for _, p, _ in batch]))
+            # one unembedding for the whole batch (rows are short answers, so padding costs little)
+            lp = logprobs(self.model, hidden)
             for b, (i, _, c) in enumerate(batch):
                 s = seqs[i]
                 # this pass starts at position len(prefix) - 1; the readings start at position split - 1
                 first = s.split - len(s.prefix)
-                self.read(i, c, logprobs(self.model, hidden[b, first : len(s.suffix) + 1]), None)
+                self.read(i, c, lp[b, first : len(s.suffix) + 1], None)
