@@ -191,17 +191,22 @@ def test_bad_grid_words_are_one_line_errors(words, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_choose_by_mean_z_at_the_first_kl_target():
+def test_choose_by_mean_z_over_the_kl_targets():
     rows = []
-    for cell, zs in (("a", [1.0, 1.0]), ("b", [3.0, -2.0]), ("c", [2.0, math.nan]), ("d", [math.nan, math.nan])):
-        for direction, z in zip("+-", zs, strict=True):
-            rows.append({"cell": cell, "split": "dev", "level": "kl", "at": 0.1, "direction": direction, "z": z})
-            rows.append({"cell": cell, "split": "dev", "level": "kl", "at": 0.2, "direction": direction, "z": 10.0})
+    zs = {"a": ([1.0, 1.0], [3.0, 3.0]), "b": ([3.0, -2.0], [1.0, -2.0]), "c": ([2.0, math.nan], [4.0, math.nan]),
+          "d": ([math.nan, math.nan], [math.nan, math.nan])}  # per cell: (+, -) at KL 0.1, then at KL 0.2
+    for cell, levels in zs.items():
+        for at, pair in zip((0.1, 0.2), levels, strict=True):
+            for direction, z in zip("+-", pair, strict=True):
+                rows.append({"cell": cell, "split": "dev", "level": "kl", "at": at, "direction": direction, "z": z})
+        rows.append({"cell": cell, "split": "dev", "level": "gamma", "at": 1.0, "direction": "+", "z": 50.0})  # not matched
     rows.append({"cell": "a", "split": "test", "level": "kl", "at": 0.1, "direction": "+", "z": 99.0})  # never counts
     scores = choose(pd.DataFrame(rows))
     assert list(scores.index) == ["a", "b", "c", "d"]
-    assert scores["a"] == 1.0 and scores["b"] == 0.5 and scores["c"] == 2.0 and math.isnan(scores["d"])
+    assert scores["a"] == 2.0 and scores["b"] == 0.0 and scores["c"] == 3.0 and math.isnan(scores["d"])
     assert scores.idxmax() == "c"  # a row without z is left out, not counted as 0
+    gammas_only = choose(pd.DataFrame([r for r in rows if r["level"] == "gamma"]))
+    assert (gammas_only == 50.0).all()  # without KL targets, the hand-given doses
     with pytest.raises(ValueError, match="no dev rows"):
         choose(pd.DataFrame(rows).assign(split="test"))
 

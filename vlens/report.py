@@ -245,13 +245,15 @@ SWEEP_COLUMNS = ["cell", "split", "chosen", "cell score", "beats random", "wrong
 
 
 def sweep_overview(table: pd.DataFrame) -> pd.DataFrame:
-    """One line per cell and split of a sweep table (:data:`vlens.sweep.COLUMNS`), at its first dose level:
-    the choosing rule's score, how many (dimension, direction) rows got each verdict, the mean z, and the
+    """One line per cell and split of a sweep table (:data:`vlens.sweep.COLUMNS`), at its smallest KL target (the
+    smallest gamma without one, as :func:`vlens.viz.sweep_effects`): the choosing rule's score, how many (dimension, direction) rows got each verdict, the mean z, and the
     means over the sets of the split-half Jaccard (with its chance level), the Spearman correlation of the
     scores, the overlap with the circumplex mirror set (with its chance level) and the set size."""
     if table.empty:
         return pd.DataFrame(columns=SWEEP_COLUMNS)
-    first = table[(table.level == table.level.iloc[0]) & (table["at"] == table["at"].iloc[0])]
+    kl = table[table.level == "kl"]
+    part = kl if len(kl) else table
+    first = part[part["at"] == part["at"].min()]
     rows = []
     for (cell, split), g in first.groupby(["cell", "split"], sort=False):
         count = g.verdict.value_counts()
@@ -273,7 +275,7 @@ def write_sweep_report(folder: str | os.PathLike, table: pd.DataFrame, *, title:
     folder = Path(folder)
     overview = sweep_overview(table)
     caption = ("One line per cell and split (dev: where settings are chosen; test: the chosen cell's result), at the "
-               "first dose level; verdict counts over the (dimension, direction) rows; stability means over the sets "
+               "smallest KL target; verdict counts over the (dimension, direction) rows; stability means over the sets "
                "(split-half Jaccard against its chance level, Spearman of the scores, overlap with the circumplex "
                "mirror set against its chance count).")  # fmt: skip
     md = [f"# {title}", "", *[f"{n}\n" for n in notes], caption, "", markdown_table(overview), "",

@@ -23,11 +23,12 @@ delta, then Cohen's d (both selections) at the scope x hook of the best delta ce
 **Dev and test.** Settings are chosen on the ``dev`` dilemmas (held out from locate, never ``test``):
 every cell is validated there. The best cell is then validated once more on the ``test`` dilemmas
 (``DIR/test/<cell id>/``, the same neuron sets), and only that number is a result. The rule
-(:func:`choose`): at the first KL target (matched cost; the first hand-given gamma when there are no
-KL targets), the mean over the cell's (dimension, direction) rows of ``z``, the value edit's shift
-against the random null in null standard deviations, signed toward the steered direction. A
-non-specific edit that moves orientation the same way in both directions scores about 0; rows with no
-z (a null without spread) are left out; ties go to the earlier cell of the grid.
+(:func:`choose`): the mean, over the cell's (dimension, direction) rows at every KL target (matched cost;
+the hand-given gammas when there are no KL targets), of ``z``, the value edit's shift against the random
+null of the same cost in null standard deviations, signed toward the steered direction. One number over
+all dimensions, both directions and all costs, so no single lucky row decides; a non-specific edit that
+moves orientation the same way in both directions scores about 0; rows with no z (a null without spread)
+are left out; ties go to the earlier cell of the grid. The prompted control does not enter the rule.
 
 **Stability** (:mod:`vlens.stability`), per cell: the same prompt pairs split in two halves by question,
 each located once per scope x hook (``DIR/stability/``), the cell's selection on each half, the Jaccard of
@@ -38,11 +39,12 @@ Output: ``DIR/sweep.csv`` (one row per cell x split x dose level x dimension x d
 :data:`COLUMNS`), ``DIR/sweep.png`` (:func:`vlens.viz.sweep_effects`), ``DIR/sweep.html`` and ``sweep.md``
 (:func:`vlens.report.write_sweep_report`).
 
-The study of issue 17, reproduced (hours on a CPU; the second adds the two best SmolLM2 cells, by id)::
+The study of issue 17, reproduced (hours on a CPU). SmolLM2-135M-Instruct, the whole grid; then
+Gemma-3-270M, the paper-faithful cell and the two best SmolLM2 cells on dev (``BEST1``, ``BEST2``: their
+ids, from the ``cell score`` column of ``runs/sweep-smollm2/sweep.md``)::
 
     vlens sweep --out runs/sweep-smollm2 --grid full --full
-    vlens sweep --out runs/sweep-gemma --model gemma-3-270m --full --grid paper \\
-        scope=question,hook=post,sel=paper,score=delta scope=all,hook=gate,sel=top_k:300,score=delta
+    vlens sweep --out runs/sweep-gemma --model gemma-3-270m --full --grid paper BEST1 BEST2
 
 A quick look (minutes): ``vlens sweep --out runs/sweep-quick --grid scope=question,all hook=post,gate``.
 """
@@ -57,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from vlens._io import atomic_write, read_json, vlens_version, write_json
@@ -67,9 +68,9 @@ AXES = ("scope", "hook", "sel", "score")
 SWEEP_FULL = ("max_pairs", "max_dilemmas", "max_neutral", "kl_targets", "n_random")
 """The settings ``vlens sweep --full`` lifts to :data:`vlens.pipeline.FULL` (portrait items and questions stay out)."""
 TOP_K_300 = "top_k:300"
-RULE = ("the best cell on dev has the largest mean z over its (dimension, direction) rows at the first KL target "
-        "(z: the value edit's shift against the random null, in null standard deviations, signed toward the steered "
-        "direction); only the best cell is validated on test")  # fmt: skip
+RULE = ("the best cell on dev has the largest mean z over its (dimension, direction) rows at every KL target "
+        "(z: the value edit's shift against the random null of the same KL, in null standard deviations, signed toward "
+        "the steered direction); only the best cell is validated on test")  # fmt: skip
 COLUMNS = [
     "cell", "scope", "hook", "sel", "score", "split", "chosen", "cell_score", "level", "at", "steered", "direction",
     "verdict", "effect", "ci_low", "ci_high", "z", "p_greater_holm", "p_less_holm", "null_mean", "null_sd", "band_low",
@@ -346,15 +347,13 @@ def _halves(cell: Cell, folder: Path, base: RunConfig, model: Any, progress: boo
 
 def choose(table: pd.DataFrame) -> pd.Series:
     """Each cell's score under the choosing rule (module docstring), from the dev rows of a sweep table
-    (columns ``cell``, ``split``, ``level``, ``at``, ``z``): indexed by cell, in the table's order; nan for a
-    cell without a z. The first KL target is the first ``kl`` level of the table (else its first level)."""
+    (columns ``cell``, ``split``, ``level``, ``z``): the mean z over its rows at every KL target (over its
+    hand-given gammas when the table has no KL target). Indexed by cell, in the table's order; nan for a
+    cell without any z."""
     dev = table[table.split == "dev"]
     if dev.empty:
         raise ValueError("the sweep table has no dev rows; the best cell is chosen on dev only")
-    levels = dev[["level", "at"]].drop_duplicates()
-    kl = levels[levels.level == "kl"]
-    level, at = tuple((kl if len(kl) else levels).iloc[0])
-    rows = dev[(dev.level == level) & np.isclose(dev["at"], at)]
+    rows = dev[dev.level == "kl"] if (dev.level == "kl").any() else dev
     return rows.groupby("cell", sort=False)["z"].mean().reindex(list(dict.fromkeys(dev.cell)))
 
 

@@ -880,14 +880,15 @@ def sweep_effects(table: pd.DataFrame) -> Figure:
     """The sweep in one figure (:func:`vlens.sweep.sweep`): per (dimension, direction), one line per cell and split,
     the value edit's effect (dot, with its 95% CI over items) against the random band (grey: null mean -/+ 2 sd)
     and the positive controls at the same dose level: prompted (black bar), steering vector and dense MLP edit.
-    The level drawn is the table's first (the first KL target, where the best cell is chosen); the chosen cell's
-    label is bold and its test rows are marked ``[test]``."""
+    The level drawn is the smallest KL target (the smallest gamma when there is none); the chosen cell's label
+    is bold and its test rows are marked ``[test]``."""
     need = ["cell", "split", "level", "at", "steered", "direction", "effect", "ci_low", "ci_high", "band_low", "band_high"]
     if missing := [c for c in need if c not in table.columns]:
         raise ValueError(f"not a sweep table: it lacks column(s) {', '.join(missing)} (see vlens.sweep.COLUMNS)")
     if table.empty:
         raise ValueError("the sweep table is empty: nothing to draw")
-    level, at = table.level.iloc[0], table["at"].iloc[0]
+    kl = table[table.level == "kl"]
+    level, at = ("kl", kl["at"].min()) if len(kl) else (table.level.iloc[0], table["at"].min())
     t = table[(table.level == level) & np.isclose(table["at"], at)]
     rows = list(dict.fromkeys(zip(t.cell, t.split, strict=True)))
     chosen = set(t.cell[t.chosen.astype(bool)]) if "chosen" in t.columns else set()
