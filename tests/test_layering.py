@@ -9,10 +9,10 @@ import vlens
 
 # Top to bottom: the data path of a run, then the layers over it (docs/index.md).
 LAYERS = [
-    "_version", "_io", "values", "models", "runner", "data", "stats", "distributed", "scores", "neurons",
+    "_version", "_io", "values", "models", "runner", "data", "stats", "distributed", "scores", "neurons", "stability",
     "activations", "locate", "interventions", "controls", "instruments", "evaluate", "generation", "calibrate",
     "significance", "experiment", "validate",
-    "selectors", "viz", "report", "pipeline", "cli", "__init__",
+    "selectors", "viz", "report", "pipeline", "sweep", "cli", "__init__",
 ]  # fmt: skip
 ROOT = Path(vlens.__file__).parent
 

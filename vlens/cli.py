@@ -4,6 +4,7 @@
     vlens locate / validate / report   one stage into a run directory
     vlens locate --shard I/N + vlens merge   job arrays; torchrun --nproc_per_node=N -m vlens ... for one node
     vlens compare DIR              baseline selectors on the same footing
+    vlens sweep --out DIR [--grid full]   a grid of locate settings, chosen on dev dilemmas, reported on test
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -151,6 +152,67 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(result.summary().to_string(index=False))
     print(f"\ncomparison: {out}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vlens._io import read_json
+    from vlens.pipeline import FULL, SETTINGS, RunConfig
+    from vlens.sweep import SWEEP_FULL, sweep
+
+    out = Path(args.out)
+    saved = read_json(out / "sweep.json") if args.resume and (out / "sweep.json").exists() else {}
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    if "data" in args:
+        given["data_dir"] = str(Path(args.data).resolve())
+    full = {k: FULL[k] for k in SWEEP_FULL} if args.full else {}
+    config = RunConfig.from_dict(RunConfig().to_dict() | saved.get("config", {}) | full | given)
+    dev = not args.no_dev if "no_dev" in args else saved.get("dev", True)
+    grid = args.grid if "grid" in args else (None if args.resume else ["full"])
+    result = sweep(config.locate.model, grid, out, base=config, dev=dev, stability=not args.no_stability,
+                   resume=args.resume, device=args.device, progress=not args.quiet)  # fmt: skip
+    print(f"\nsweep: {(out / 'sweep.csv').resolve()}\nreport: {(out / 'sweep.html').resolve()}")
+    print(f"chosen on dev: {result.best}" if result.best else "no cell chosen (no dev validation, or no z to choose by)")
+    return 0
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+    """``vlens sweep``'s options: the grid, then the settings every cell shares (as ``vlens run``'s)."""
+    from vlens.instruments.dilemmas import ALL_VARIANTS
+    from vlens.pipeline import FULL, RunConfig
+    from vlens.sweep import SWEEP_FULL
+    from vlens.validate import CONTROLS
+
+    defaults = {k: _shown(v) for k, v in RunConfig().to_dict().items()} | {"dimensions": "all four"}
+
+    def add(group: Any, flag: str, text: str, **kw: Any) -> None:
+        default = defaults.get(flag[2:].replace("-", "_"))
+        group.add_argument(flag, help=text if default is None else f"{text} (default: {default})", **kw)
+
+    g = p.add_argument_group("sweep")
+    g.add_argument("--out", metavar="DIR", required=True, help="the sweep folder: cells/, test/, stability/, sweep.csv (required)")
+    g.add_argument("--grid", nargs="+", metavar="WORD",
+                   help="paper | full | NAME=v1,v2 (NAME: scope, hook, sel, score) | cell ids (default: full)")  # fmt: skip
+    g.add_argument("--resume", action="store_true", default=False, help="continue --out's sweep; --grid adds cells")
+    g.add_argument("--no-dev", action="store_true", help="validate every cell on test and choose none (default: choose on dev)")
+    g.add_argument("--no-stability", action="store_true", default=False, help="skip the split-half locate passes")
+    full = ", ".join(f"--{k.replace('_', '-')} {'all' if FULL[k] is None else _shown(FULL[k])}" for k in SWEEP_FULL)
+    g.add_argument("--full", action="store_true", default=False, help=f"full sizes: {full}; hours on a CPU")
+    g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    g = p.add_argument_group("settings of every cell")
+    add(g, "--model", f"{', '.join(OFFLINE_MODELS)} load offline, other names need the hub", metavar="NAME")
+    g.add_argument("--data", metavar="DIR", help="your value data in vlens' schemas (default: the shipped ValueInsight)")
+    add(g, "--seed", "seed of the prompt sample and the random neuron sets", metavar="N", type=int)
+    add(g, "--batch-size", "prompts per forward pass", metavar="N", type=int)
+    add(g, "--dimensions", "comma-separated, e.g. oc,co", metavar="DIMS", type=_dims)
+    add(g, "--max-pairs", "prompt pairs per dimension", metavar="N", type=int)
+    add(g, "--kl-targets", "KL costs every edit is matched to, e.g. 0.05,0.1,0.2", metavar="K,K", type=_floats)
+    add(g, "--gammas", "edit strengths given by hand, beside the matched ones", metavar="G,G", type=_floats)
+    add(g, "--n-random", "random edits of the shared null, >= 2", metavar="N", type=int)
+    add(g, "--controls", f"positive controls, some of {','.join(CONTROLS)} ('' for none)", metavar="C,C", type=_names)
+    add(g, "--instrument", f"how dilemmas are read: {', '.join(v.name for v in ALL_VARIANTS)}", metavar="V")
+    add(g, "--max-dilemmas", "dev (and test) dilemmas per dimension", metavar="N", type=int)
+    add(g, "--max-neutral", "neutral texts for the capability cost", metavar="N", type=int)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -326,6 +388,12 @@ def build_parser() -> _Parser:
     cmp.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     cmp.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
+    sw = sub.add_parser("sweep", help="a grid of locate settings, each located and validated; chosen on dev, reported on test",
+                        description="vlens sweep: a grid of locate settings (vlens.sweep).\n\nWith --resume, options left out "
+                                    "come from --out's sweep.json, else from the defaults shown.",
+                        formatter_class=_Help, argument_default=argparse.SUPPRESS)  # fmt: skip
+    _add_sweep_options(sw)
+    sw.set_defaults(func=_cmd_sweep)
     merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
     merge.add_argument("run_dir", help="the run directory the shards wrote into")
     merge.set_defaults(func=_cmd_merge)
@@ -377,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a scheduler's stop, `kill`) ends a run the way Ctrl-C does: checkpoints kept, resume command printed.
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if getattr(args, "resume", False) and args.out and not (Path(args.out) / "run.json").exists():
-            raise UserError(f"--resume: {args.out} holds no run (no run.json); leave out --resume to start one there")
+        what = "sweep" if args.command == "sweep" else "run"  # a sweep folder holds run directories, not a run
+        if getattr(args, "resume", False) and args.out and not (Path(args.out) / f"{what}.json").exists():
+            raise UserError(f"--resume: {args.out} holds no {what} (no {what}.json); leave out --resume to start one there")
         return args.func(args)
     except (UserError, ModelNotAvailableError, RunDirError, DataFormatError, ValueError, FileNotFoundError) as err:
         print(f"vlens {args.command}: error: {err}", file=sys.stderr)

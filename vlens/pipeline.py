@@ -78,6 +78,7 @@ class ValidateConfig:
     max_neutral: int | None = 4
     max_questions: int | None = 2
     max_new_tokens: int = 48
+    dilemma_split: str = "test"  # the dilemmas validated on: "dev" to choose settings (vlens.sweep), "test" to report
 
     def __post_init__(self) -> None:
         from vlens.instruments import Variant
@@ -87,6 +88,8 @@ class ValidateConfig:
         if unknown := sorted(set(self.controls) - set(CONTROLS)):
             raise ValueError(f"--controls: unknown control(s) {unknown}; choose from {', '.join(CONTROLS)}")
         Variant.parse(self.instrument)
+        if self.dilemma_split not in ("dev", "test"):
+            raise ValueError(f"dilemma_split must be 'dev' (to choose settings on) or 'test' (to report), got {self.dilemma_split!r}")
         _at_least(2, n_random=self.n_random)  # a z-score needs a spread
         _at_least(1, max_dilemmas=self.max_dilemmas, max_neutral=self.max_neutral, max_questions=self.max_questions,
                   max_new_tokens=self.max_new_tokens)  # fmt: skip
@@ -283,7 +286,7 @@ def run_pipeline(
 
     instruments = Instruments.default(data, max_dilemmas=vc.max_dilemmas, max_portrait=vc.max_portrait,
                                       max_neutral=vc.max_neutral, max_questions=vc.max_questions,
-                                      dilemma_variant=vc.instrument)  # fmt: skip
+                                      dilemma_split=vc.dilemma_split, dilemma_variant=vc.instrument)  # fmt: skip
     if "validate" in stages and not run.done("validate"):
         t = time.time()
         steering = None

@@ -240,6 +240,53 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     return atomic_write_text(run_dir / "report.html", page)
 
 
+SWEEP_COLUMNS = ["cell", "split", "chosen", "cell score", "beats random", "wrong way", "blind", "mean z", "half Jaccard",
+                 "chance", "Spearman", "mirror overlap", "mirror chance", "neurons"]  # fmt: skip
+
+
+def sweep_overview(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per cell and split of a sweep table (:data:`vlens.sweep.COLUMNS`), at its smallest KL target (the
+    smallest gamma without one, as :func:`vlens.viz.sweep_effects`): the choosing rule's score, how many (dimension, direction) rows got each verdict, the mean z, and the
+    means over the sets of the split-half Jaccard (with its chance level), the Spearman correlation of the
+    scores, the overlap with the circumplex mirror set (with its chance level) and the set size."""
+    if table.empty:
+        return pd.DataFrame(columns=SWEEP_COLUMNS)
+    kl = table[table.level == "kl"]
+    part = kl if len(kl) else table
+    first = part[part["at"] == part["at"].min()]
+    rows = []
+    for (cell, split), g in first.groupby(["cell", "split"], sort=False):
+        count = g.verdict.value_counts()
+        rows.append({"cell": cell, "split": split, "chosen": "yes" if g.chosen.any() else "", "cell score": g.cell_score.iloc[0],
+                     "beats random": count.get("beats random", 0), "wrong way": count.get("moves the wrong way", 0),
+                     "blind": count.get("instrument cannot see the prompted effect", 0), "mean z": g.z.mean(),
+                     "half Jaccard": g.half_jaccard.mean(), "chance": g.half_jaccard_chance.mean(),
+                     "Spearman": g.half_spearman.mean(), "mirror overlap": g.mirror_overlap.mean(),
+                     "mirror chance": g.mirror_expected.mean(), "neurons": g.set_size.mean()})  # fmt: skip
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def write_sweep_report(folder: str | os.PathLike, table: pd.DataFrame, *, title: str, notes: list[str]) -> Path:
+    """``sweep.html`` (the overview, the figure of :func:`vlens.viz.sweep_effects` and the whole table) and
+    ``sweep.md`` (the overview) of a sweep folder; ``notes``: paragraphs above the overview (what the sweep
+    chose and how). Returns the HTML path."""
+    from vlens import viz
+
+    folder = Path(folder)
+    overview = sweep_overview(table)
+    caption = ("One line per cell and split (dev: where settings are chosen; test: the chosen cell's result), at the "
+               "smallest KL target; verdict counts over the (dimension, direction) rows; stability means over the sets "
+               "(split-half Jaccard against its chance level, Spearman of the scores, overlap with the circumplex "
+               "mirror set against its chance count).")  # fmt: skip
+    md = [f"# {title}", "", *[f"{n}\n" for n in notes], caption, "", markdown_table(overview), "",
+          "Figure: sweep.png; every row: sweep.csv.", ""]  # fmt: skip
+    atomic_write_text(folder / "sweep.md", "\n".join(md))
+    body = ("".join(f"<p>{html.escape(n)}</p>" for n in notes) + f"<p>{html.escape(caption)}</p>"
+            + _fmt(overview).to_html(index=False, classes="table") + _img(viz.sweep_effects(table))
+            + "<h2>Every cell, direction and level</h2>" + _fmt(table).to_html(index=False, classes="table"))  # fmt: skip
+    return atomic_write_text(folder / "sweep.html", _PAGE.format(title=html.escape(title), body=f"<section>{body}</section>"))
+
+
 def _img(fig: Any) -> str:
     from vlens import viz
 

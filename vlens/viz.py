@@ -876,6 +876,60 @@ def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figur
     return figs
 
 
+def sweep_effects(table: pd.DataFrame) -> Figure:
+    """The sweep in one figure (:func:`vlens.sweep.sweep`): per (dimension, direction), one line per cell and split,
+    the value edit's effect (dot, with its 95% CI over items) against the random band (grey: null mean -/+ 2 sd)
+    and the positive controls at the same dose level: prompted (black bar), steering vector and dense MLP edit.
+    The level drawn is the smallest KL target (the smallest gamma when there is none); the chosen cell's label
+    is bold and its test rows are marked ``[test]``."""
+    need = ["cell", "split", "level", "at", "steered", "direction", "effect", "ci_low", "ci_high", "band_low", "band_high"]
+    if missing := [c for c in need if c not in table.columns]:
+        raise ValueError(f"not a sweep table: it lacks column(s) {', '.join(missing)} (see vlens.sweep.COLUMNS)")
+    if table.empty:
+        raise ValueError("the sweep table is empty: nothing to draw")
+    kl = table[table.level == "kl"]
+    level, at = ("kl", kl["at"].min()) if len(kl) else (table.level.iloc[0], table["at"].min())
+    t = table[(table.level == level) & np.isclose(table["at"], at)]
+    rows = list(dict.fromkeys(zip(t.cell, t.split, strict=True)))
+    chosen = set(t.cell[t.chosen.astype(bool)]) if "chosen" in t.columns else set()
+    dims = list(dict.fromkeys(t.steered))
+    fig = _figure(3.2 * len(dims) + 4.5, 1.6 + 0.32 * len(rows) * 2)
+    axes = fig.subplots(2, len(dims), squeeze=False, sharey=True)
+    y_of = {key: -i for i, key in enumerate(rows)}
+    for col, dim in enumerate(dims):
+        for r, direction in enumerate(POLES):
+            ax = axes[r][col]
+            part = t[(t.steered == dim) & (t.direction == direction)]
+            y = np.array([y_of[k] for k in zip(part.cell, part.split, strict=True)], dtype=float)
+            ax.barh(y, part.band_high - part.band_low, left=part.band_low, height=0.6, color="0.85",
+                    label="random edits: mean -/+ 2 sd")  # fmt: skip
+            ax.errorbar(part.effect, y, xerr=[part.effect - part.ci_low, part.ci_high - part.effect], fmt="o",
+                        color=POLE_COLORS[direction], ms=5, capsize=2, label=f"value edit toward {direction} (95% CI)")  # fmt: skip
+            if "prompted_shift" in part.columns and part.prompted_shift.notna().any():
+                ax.scatter(part.prompted_shift, y, marker="|", s=120, color="black", label="prompted (ceiling)")
+            for source in ("steering", "dense"):
+                if f"{source}_shift" in part.columns and part[f"{source}_shift"].notna().any():
+                    style = FAMILY_STYLE[source]
+                    ax.scatter(part[f"{source}_shift"], y, marker=style["marker"], color=style["color"], s=24,
+                               label=style["label"])  # fmt: skip
+            ax.axvline(0.0, color="black", lw=0.6)
+            ax.set_title(f"{dim} toward {direction}", fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(labelsize=8)
+            if r == 1:
+                ax.set_xlabel("log-odds shift toward the pole", fontsize=9)
+        labels = [f"{cell} [{split}]" for cell, split in rows]
+        for r in range(2):
+            axes[r][0].set_yticks([y_of[k] for k in rows], labels, fontsize=7)
+            for tick, (cell, _) in zip(axes[r][0].get_yticklabels(), rows, strict=True):
+                tick.set_fontweight("bold" if cell in chosen else "normal")
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    where = f"KL {at:g} nats/token" if level == "kl" else f"gamma {at:g}"
+    fig.suptitle(f"Sweep: value edits per cell against random edits and controls at {where}", fontsize=12)
+    return fig
+
+
 __all__ = [
     "POLE_COLORS",
     "circuitsvis_html",
@@ -890,5 +944,6 @@ __all__ = [
     "overlap_heatmap",
     "score_distribution",
     "shift_vs_kl",
+    "sweep_effects",
     "top_prompts",
 ]
