@@ -6,7 +6,8 @@ The data path of a run reads straight down the modules:
 ``evaluate`` -> ``validate`` -> ``viz`` / ``report``; ``cli`` is a thin layer on top.
 """
 
-from vlens import data, display, interventions  # display: the Jupyter view of every result class
+from vlens import data, interventions
+from vlens import display as _display  # noqa: F401 (attaches the Jupyter view; IPython has its own `display`)
 from vlens._version import __version__
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight
@@ -28,6 +29,6 @@ from vlens.stats import NeuronStats
 __all__ = [
     "DEFAULT_MODEL", "LocateResult", "ModelInfo", "ModelNotAvailableError", "NeuronSet", "NeuronStats", "SELECTORS",
     "Selection", "__version__", "build_prompts", "collect_stats", "compare", "data", "encode", "format_prompt",
-    "display", "interventions", "from_stats", "load_model", "load_value_data", "load_valueinsight", "locate", "locate_shard",
+    "interventions", "from_stats", "load_model", "load_value_data", "load_valueinsight", "locate", "locate_shard",
     "model_info", "select", "tiny_model",
 ]  # fmt: skip

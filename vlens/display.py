@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import html
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from vlens.locate import LocateResult
 from vlens.neurons import NeuronSet
 from vlens.selectors.compare import CompareResult
 from vlens.validate import ValidationResult
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, so that `import vlens` stays light
+    from matplotlib.figure import Figure
 
 TOP_NEURONS = 10  # rows of a neuron set's table of top neurons
 TOP_PER_SET = 5  # neurons per set in a locate result's table
@@ -59,6 +62,8 @@ def _neuron_names(ns: NeuronSet, k: int) -> str:
 
 def layer_profile(ns: NeuronSet) -> Figure:
     """A small bar figure: how many of the set's neurons sit in every layer, in the colour of its pole."""
+    from matplotlib.figure import Figure
+
     from vlens import viz
 
     counts = ns.counts_per_layer().numpy()
