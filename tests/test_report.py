@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import escape as html_escape
 
 import pytest
 
@@ -39,6 +40,53 @@ def test_verdict_is_one_table_in_three_places(tiny_run_dir):
     for row in table.itertuples(index=False):
         for place in (html, md, term):
             assert row.verdict in place and row.effect in place
+
+
+def test_sample_size_note():
+    import pandas as pd
+
+    from vlens.report import sample_size_note
+
+    def summary(n_null: int) -> pd.DataFrame:
+        cells = [("Conservation", "+", "beats random", 0.1, 0.5, 197.0), ("Conservation", "-", "indistinguishable from random",
+                 -0.2, 0.3, 1234.0), ("Self-Enhancement", "+", "moves the wrong way", -0.4, 0.2, 40.0),  # CI crosses 0
+                 ("Self-Enhancement", "-", "indistinguishable from random", 0.05, 0.3, 30.0),  # CI excludes 0: decided
+                 ("Self-Transcendence", "+", "instrument cannot see the prompted effect", -0.1, 0.1, float("inf"))]
+        rows = [{"level": "kl", "at": 0.1, "steered": d, "direction": s, "verdict": v, "ci_low": lo, "ci_high": hi,
+                 "items_for_power": n, "n_items": 24, "n_null": n_null} for d, s, v, lo, hi, n in cells]
+        return pd.DataFrame(rows)  # fmt: skip
+
+    note = sample_size_note(summary(20))
+    assert "3 of 5 cells" in note and "(now 24)" in note
+    assert "Conservation -: 1,234; Self-Enhancement +: 40; Self-Transcendence +: no number (the effect is 0)" in note
+    assert "Conservation +" not in note and "Self-Enhancement -" not in note
+    # 5 cells: Holm over 10 one-sided tests needs 10 / (1 + n) < 0.05, n >= 200; with 20 random edits p >= 1/21
+    assert "cannot go below 1/21 = 0.048" in note and "fewer than 200 random edits" in note
+    assert "random edits an empirical p" not in sample_size_note(summary(400))
+    decided = summary(400).assign(ci_low=0.01)
+    assert sample_size_note(decided) == "" and sample_size_note(pd.DataFrame()) == ""
+
+
+def test_sample_size_note_in_all_three_places(tiny_run_dir):
+    from vlens.report import sample_size_note, terminal_verdict
+    from vlens.validate import ValidationResult
+
+    note = sample_size_note(ValidationResult.load(tiny_run_dir / "validation").summary())
+    assert "1/3 = 0.33" in note  # the tiny run's 2 random edits
+    html, md = (tiny_run_dir / "report.html").read_text(), (tiny_run_dir / "report.md").read_text()
+    term = " ".join(terminal_verdict(tiny_run_dir).split())  # rich wraps the caption
+    assert html_escape(note) in html and note in md and note in term
+    assert html.index("id='verdict'") < html.index(html_escape(note)) < html.index("Neuron sets")
+    assert md.index("| dimension | direction | verdict |") < md.index(note) < md.index("## Neuron sets")
+
+
+def test_generated_answers_show_their_questions(tiny_run_dir):
+    answers = [json.loads(line) for line in (tiny_run_dir / "answers.jsonl").read_text().splitlines()]
+    html = (tiny_run_dir / "report.html").read_text()
+    table = html[html.index("<h2>Generated answers</h2>"):]
+    assert answers and all(a["question"] for a in answers)
+    for a in answers:
+        assert f">{html_escape(a['question'])}</td>" in table and f">{html_escape(a['question_id'])}</td>" not in table
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -26,6 +26,7 @@ from vlens.significance import (
     null_test,
     paired_ci,
     paired_z,
+    power_z,
     verdict,
     verdicts,
 )
@@ -287,6 +288,20 @@ def test_items_needed_formulas():
         items_needed(diffs, null_sd=0.0)
     with pytest.raises(ValueError, match="at least 2"):
         items_needed([0.1])
+
+
+def test_power_z_and_the_items_for_80_percent_power():
+    # z_0.975 = 1.959964, z_0.95 = 1.644854, z_0.8 = 0.841621 (normal table)
+    assert power_z() == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    assert power_z(sides=1) == pytest.approx(1.644854 + 0.841621, abs=1e-5)
+    assert power_z(0.9, 0.01) == pytest.approx(2.575829 + 1.281552, abs=1e-5)
+    # mean 0.1, sd 0.5: ((1.959964 + 0.841621) * 0.5 / 0.1)^2 = 14.007925^2 = 196.22 -> 197 items
+    assert items_needed(exact(0.1, 0.5, 25), z_target=power_z()).items_for_paired_z == 197
+    assert items_needed(exact(-0.25, 0.5, 10), z_target=power_z()).items_for_paired_z == 32  # 5.603^2 = 31.39
+    for bad, message in (({"power": 1.0}, "power must be in"), ({"power": 0.8, "alpha": 0}, "alpha must be"),
+                         ({"sides": 3}, "sides must be")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            power_z(**bad)
 
 
 def test_nothing_warns_on_good_input():

@@ -7,6 +7,7 @@ The data path of a run reads straight down the modules:
 """
 
 from vlens import data, interventions
+from vlens import display as _display  # noqa: F401 (attaches the Jupyter view; IPython has its own `display`)
 from vlens._version import __version__
 from vlens.activations import collect_stats
 from vlens.data import build_prompts, load_value_data, load_valueinsight

@@ -402,8 +402,11 @@ def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float =
     sign: one shared null, sign-flipped for ``-``. ``prompted_shift`` / ``prompted_z``: the prompted
     control's paired shift and z over items; a cell whose prompted z is below
     :data:`vlens.significance.PROMPTED_Z_MIN` is ``blind``. Controls (``steering_*``, ``dense_*``)
-    are compared with the same null; ``*_fraction`` = shift / prompted shift. Verdicts and Holm's
-    correction (:func:`vlens.significance.verdicts`) run over the cells of one level; ``p="t"`` by
+    are compared with the same null; ``*_fraction`` = shift / prompted shift. ``items_for_power``: the
+    dilemmas per dimension at which the observed mean shift and per-item spread would give a paired
+    p < 0.05 (two-sided) with 80% power (:func:`vlens.significance.items_needed` with
+    :func:`vlens.significance.power_z`). Verdicts and Holm's correction
+    (:func:`vlens.significance.verdicts`) run over the cells of one level; ``p="t"`` by
     default because with 20 random edits no empirical p can survive Holm over 8 cells (min 8/21).
     """
     from vlens.significance import verdicts
@@ -442,13 +445,17 @@ def cells(result: Any, *, alpha: float = 0.05, p: str = "t", confidence: float =
 def _cell_row(level: str, at: float, c: Any, v: Any, randoms: pd.DataFrame, group: pd.DataFrame, prompted: dict,
               shift: Callable[[Any, str, str], pd.Series]) -> dict[str, Any]:  # fmt: skip
     """One cell of :func:`cells`: value edit ``c`` (labels ``v``) against ``randoms``, with the controls of ``group``."""
-    from vlens.significance import instrument_sees, null_test, paired_z
+    from vlens.significance import instrument_sees, items_needed, null_test, paired_z, power_z
 
     d, direction = v.steered, v.direction
     diffs = shift(c, d, direction)
     null = [shift(r, d, direction).mean() for r in randoms.index]
     row = {"level": level, "at": at, "steered": d, "direction": direction, "gamma": v.gamma, "effect": diffs.mean(),
            "diffs": diffs.to_numpy(), "null": null, "kl": v.kl, "random_kl": randoms.kl.mean()}  # fmt: skip
+    # dilemmas per dimension at which this mean shift, with this per-item spread, would give a paired
+    # p < 0.05 (two-sided: its 95% interval excludes 0) with 80% power (the report's sample-size note)
+    row["items_for_power"] = (items_needed(diffs.to_numpy(), z_target=power_z()).items_for_paired_z
+                              if len(diffs) >= 2 else math.nan)  # fmt: skip
     if direction in prompted:
         pd_ = shift(prompted[direction], d, direction)
         row |= {"prompted_shift": pd_.mean(), "prompted_z": paired_z(pd_.to_numpy())}

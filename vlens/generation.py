@@ -21,18 +21,35 @@ def generate_answers(
     *,
     max_new_tokens: int = 60,
     batch_size: int = 8,
+    progress: bool | Any = False,
 ) -> list[dict[str, Any]]:
-    """Greedy answers to ``questions`` under ``edit`` (edited at every step, KV cache), for reading or judging."""
+    """Greedy answers to ``questions`` under ``edit`` (edited at every step, KV cache), for reading or judging.
+
+    Each answer records the question's id and text. ``progress``: True for a progress bar of its own (one
+    step per batch), or a tqdm bar to advance by one per batch (one bar over several calls, as the
+    pipeline's generate stage does).
+    """
+    from vlens.activations import _progress
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (questions per batch), got {batch_size!r}")
     answers = []
     info = model_info(model)
     edit = edit or Edit.identity(info.n_layers, info.d_mlp)
+    n_batches = -(-len(questions) // batch_size)
+    own = isinstance(progress, bool)
+    bar = _progress(n_batches, initial=0, enabled=progress, desc="generate") if own else progress
     with apply(model, edit), torch.inference_mode():
         for start in range(0, len(questions), batch_size):
             chunk = questions[start : start + batch_size]
             rows = [tokenize(model, format_prompt(model, q["text"]))[0] for q in chunk]
             for q, new in zip(chunk, generate(model, rows, max_new_tokens=max_new_tokens), strict=True):
                 text = model.tokenizer.decode(new, skip_special_tokens=True).strip()
-                answers.append({"question_id": q["id"], "dimension": q["dimension"], "edit": edit.label, "answer": text})
+                answers.append({"question_id": q["id"], "question": q["text"], "dimension": q["dimension"], "edit": edit.label,
+                                "answer": text})  # fmt: skip
+            bar.update(1)
+    if own:
+        bar.close()
     return answers
 
 

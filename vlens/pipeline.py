@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -31,9 +32,15 @@ from vlens._io import atomic_write_text, read_json, vlens_version, write_json
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
+GENERATE_BATCH = 8  # questions per batch of the generate stage
 # The config defaults are a quick run (the README's `vlens run`); `--full` lifts these sample sizes.
 FULL = {"max_pairs": None, "max_dilemmas": None, "max_portrait": None, "max_neutral": None, "max_questions": None,
         "kl_targets": [0.05, 0.1, 0.2], "n_random": 40}
+
+
+# Each stage's share of a whole run's time: the default quick run as measured in docs/performance.md
+# (locate 84 s, validate 2,094 s, generate 38 s, report 30 s, of 2,246 s).
+STAGE_SHARE = {"locate": 0.037, "validate": 0.932, "generate": 0.017, "report": 0.013}
 
 
 class RunDirError(ValueError):
@@ -223,6 +230,37 @@ def _logger(path: Path | None) -> logging.Logger:
     return log
 
 
+def eta_seconds(timings: dict[str, float], todo: list[str]) -> float | None:
+    """Seconds the stages in ``todo`` will take, from the stages already timed (``timings``, as in run.json).
+
+    The finished stages tell how fast this machine, model and configuration are: their seconds over
+    their :data:`STAGE_SHARE` give the seconds of a whole run, and ``todo`` takes its share of that. Every
+    stage that finishes joins the estimate, so it is refined as the run goes on (and a resumed run starts
+    from the stages it did before). None before any stage has been timed.
+    """
+    done = {stage: t for stage, t in timings.items() if stage in STAGE_SHARE and stage not in todo}
+    if not done:
+        return None
+    per_run = sum(done.values()) / sum(STAGE_SHARE[stage] for stage in done)
+    return per_run * sum(STAGE_SHARE[stage] for stage in todo)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def stage_line(stage: str, todo: list[str], timings: dict[str, float], elapsed: float) -> str:
+    """The overall progress line printed as ``stage`` starts: which of the run's stages it is, the time
+    so far and the time left for the rest of the run (:func:`eta_seconds`)."""
+    rest = todo[todo.index(stage):]
+    eta = eta_seconds(timings, rest)
+    left = f"about {_duration(eta)} left for the run" if eta is not None else "time left known after the first stage"
+    return f"[vlens] stage {todo.index(stage) + 1}/{len(todo)}: {stage} | {_duration(elapsed)} so far | {left}"
+
+
 def run_pipeline(
     folder: str | os.PathLike, config: RunConfig, *, resume: bool = False, stages: tuple[str, ...] = STAGES,
     device: str | None = None, model: Any = None, shard: tuple[int, int] | None = None, progress: bool = True,
@@ -235,6 +273,7 @@ def run_pipeline(
     """
     import vlens
     from vlens import distributed
+    from vlens.activations import _progress
     from vlens.evaluate import Instruments
     from vlens.generation import generate_answers
     from vlens.interventions import value_edit
@@ -256,6 +295,14 @@ def run_pipeline(
         raise RunDirError(f"{run.folder} was run on another model ({run.meta['model']['fingerprint']}); start a new run directory")
     run.meta["model"] = {"info": info.to_dict(), "fingerprint": _jsonable(info.fingerprint)}
     run._save()
+    # the stages this call runs (the report is rewritten each time), for the overall progress line
+    todo = [s for s in STAGES if s in stages and (s == "report" or not run.done(s))
+            and (s != "generate" or data.questions_of("test"))]  # fmt: skip
+    started = time.time()
+
+    def announce(stage: str) -> None:
+        if progress and run.writer and shard is None:
+            print(stage_line(stage, todo, run.meta["timings"], time.time() - started), file=sys.stderr, flush=True)
     options = dict(dimensions=lc.dimensions, scope=lc.scope, hook=lc.hook, batch_size=lc.batch_size, max_pairs=lc.max_pairs,
                    template=lc.template, pairs_per_question=lc.pairs_per_question, seed=lc.seed, progress=progress)  # fmt: skip
 
@@ -269,6 +316,7 @@ def run_pipeline(
         return run.folder
 
     if "locate" in stages and not run.done("locate"):
+        announce("locate")
         t = time.time()
         run.log.info("locate: %s pairs per dimension, scope %s, hook %s, selection %s",
                      lc.max_pairs or "all", lc.scope, lc.hook, lc.selection)  # fmt: skip
@@ -288,6 +336,7 @@ def run_pipeline(
                                       max_neutral=vc.max_neutral, max_questions=vc.max_questions,
                                       dilemma_split=vc.dilemma_split, dilemma_variant=vc.instrument)  # fmt: skip
     if "validate" in stages and not run.done("validate"):
+        announce("validate")
         t = time.time()
         steering = None
         if "steering" in vc.controls:
@@ -307,24 +356,31 @@ def run_pipeline(
         return run.folder
 
     if "generate" in stages and not run.done("generate") and instruments.questions:
+        announce("generate")
         t = time.time()
         shape = (info.n_layers, info.d_mlp)
-        answers = generate_answers(model, None, instruments.questions, max_new_tokens=vc.max_new_tokens)
+        jobs = [[q for q in instruments.questions if q["dimension"] == dim] for dim in result.dimensions]
+        batches = -(-len(instruments.questions) // GENERATE_BATCH) + 2 * sum(-(-len(qs) // GENERATE_BATCH) for qs in jobs)
+        bar = _progress(batches, initial=0, enabled=progress, desc="generate")  # one bar over every edit's batches
+        answers = generate_answers(model, None, instruments.questions, max_new_tokens=vc.max_new_tokens,
+                                   batch_size=GENERATE_BATCH, progress=bar)  # fmt: skip
         gamma = _generation_gamma(run.folder, vc)
-        for dim in result.dimensions:
-            qs = [q for q in instruments.questions if q["dimension"] == dim]
+        for dim, qs in zip(result.dimensions, jobs, strict=True):
             for direction, other in (("+", "-"), ("-", "+")):
                 edit = value_edit(shape, result[f"{dim}:{direction}"], result[f"{dim}:{other}"], gamma, seed=lc.seed)
                 edit.label = f"{dim} toward {direction}, gamma {gamma:g}"
-                answers += generate_answers(model, edit, qs, max_new_tokens=vc.max_new_tokens)
+                answers += generate_answers(model, edit, qs, max_new_tokens=vc.max_new_tokens, batch_size=GENERATE_BATCH,
+                                            progress=bar)  # fmt: skip
+        bar.close()
         atomic_write_text(run.folder / "answers.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
         run.finish("generate", time.time() - t)
 
     if "report" in stages:
         from vlens.report import write_report
 
+        announce("report")
         t = time.time()
-        html = write_report(run.folder, model=model)
+        html = write_report(run.folder, model=model, progress=progress)
         run.log.info("report: %s", html)
         if not run.done("report"):
             run.finish("report", time.time() - t)

@@ -43,11 +43,7 @@ def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = No
     """
     if summary.empty:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
-    levels = summary[["level", "at"]].drop_duplicates()
-    if level is None:
-        kl = levels[levels.level == "kl"]
-        level = tuple((kl if len(kl) else levels).iloc[0])
-    s = summary[(summary.level == level[0]) & (summary["at"] == level[1])]  # summary.at is pandas' .at indexer, not the column
+    s = _at_level(summary, level)
     get = lambda row, c: row[c] if c in row and pd.notna(row[c]) else float("nan")  # noqa: E731
     rows = []
     for _, r in s.iterrows():
@@ -59,6 +55,15 @@ def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = No
             "dense": f"{get(r, 'dense_shift'):+.3f}", "KL": f"{r.kl:.3f}",
         })  # fmt: skip
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS).replace({"+nan": "-", "nan": "-", "[+nan, +nan]": "-"})
+
+
+def _at_level(summary: pd.DataFrame, level: tuple[str, float] | None) -> pd.DataFrame:
+    """The cells of one dose level (default: the first KL target, else the first level)."""
+    levels = summary[["level", "at"]].drop_duplicates()
+    if level is None:
+        kl = levels[levels.level == "kl"]
+        level = tuple((kl if len(kl) else levels).iloc[0])
+    return summary[(summary.level == level[0]) & (summary["at"] == level[1])]  # summary.at is pandas' .at indexer
 
 
 def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
@@ -78,6 +83,53 @@ def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
     return text
 
 
+def sample_size_note(summary: pd.DataFrame, *, level: tuple[str, float] | None = None) -> str:
+    """What the run is too small to decide, under the verdict table (terminal, report.md and report.html
+    all render this text; "" when there is nothing to say).
+
+    - An *undecided* cell (not "beats random", and its 95% interval over items contains 0): how many
+      dilemmas per dimension its observed effect would need for a paired p < 0.05 (two-sided) with 80%
+      power at the measured per-item spread (``items_for_power`` of :func:`vlens.experiment.cells`).
+    - The floor of the empirical p: with n random edits no rank-based p goes below 1 / (n + 1), and
+      Holm's correction over the run's one-sided tests lets none pass below
+      :func:`vlens.significance.min_null_size` random edits (the quick run's 20 are far below 320).
+    """
+    from vlens.significance import BEATS, min_null_size
+
+    if summary.empty:
+        return ""
+    s = _at_level(summary, level)
+    parts = []
+    undecided = s[(s.verdict != BEATS) & (s.ci_low <= 0) & (s.ci_high >= 0)]
+    if len(undecided) and "items_for_power" in s.columns:
+        def need(n: float) -> str:
+            return "no number (the effect is 0)" if n == float("inf") else "unknown" if pd.isna(n) else f"{int(n):,}"
+
+        cells = "; ".join(f"{r.steered} {r.direction}: {need(r.items_for_power)}" for r in undecided.itertuples())
+        parts.append(f"Too small to decide: {len(undecided)} of {len(s)} cells neither beat random nor have a 95% "
+                     f"interval that excludes 0. Dilemmas per dimension for each observed effect to reach p < 0.05 "
+                     f"(paired over items, two-sided) with 80% power, at the measured per-item spread "
+                     f"(now {int(s.n_items.max())}): {cells}. Beating random also needs the effect to stand apart from "
+                     "the random edits, which more items help only as far as their spread is item noise.")  # fmt: skip
+    n_null = int(s.n_null.min())
+    need_null = min_null_size(len(s))
+    if n_null < need_null:
+        parts.append(f"With {n_null} random edits an empirical p (the value edit's rank among them) cannot go below "
+                     f"1/{n_null + 1} = {1 / (n_null + 1):.2g}, and none can pass Holm's correction over {2 * len(s)} "
+                     f"one-sided tests with fewer than {need_null} random edits; a smaller p comes from a normal fit "
+                     f"to these {n_null} random effects and is only as good as that fit.")  # fmt: skip
+    return " ".join(parts)
+
+
+def verdict_html(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
+    """The verdict as HTML: caption, table and sample-size note (the report's top and ``ValidationResult``'s
+    Jupyter display)."""
+    note = sample_size_note(summary)
+    return (f"<p>{html.escape(verdict_caption(summary, meta))}</p>"
+            + verdict_table(summary).to_html(index=False, classes="table verdict")
+            + (f"<p class='note'>{html.escape(note)}</p>" if note else ""))  # fmt: skip
+
+
 def terminal_verdict(run_dir: str | os.PathLike, *, width: int = 140) -> str:
     """The verdict table of a run as the terminal shows it at the end of ``vlens run`` (drawn with rich)."""
     from rich.console import Console
@@ -88,7 +140,8 @@ def terminal_verdict(run_dir: str | os.PathLike, *, width: int = 140) -> str:
     if v is None:
         return ""
     summary = v.summary()
-    table = Table(title="Verdict", caption=verdict_caption(summary, v.meta), caption_justify="left")
+    caption = "\n\n".join(t for t in (verdict_caption(summary, v.meta), sample_size_note(summary)) if t)
+    table = Table(title="Verdict", caption=caption, caption_justify="left")
     for col in VERDICT_COLUMNS:
         table.add_column(col, justify="left" if col in ("dimension", "direction", "verdict") else "right")
     for row in verdict_table(summary).itertuples(index=False):
@@ -121,6 +174,8 @@ def markdown_summary(run_dir: str | os.PathLike) -> str:
     if (v := _validation(run_dir, meta)) is not None:
         summary = v.summary()
         lines += ["## Verdict", "", verdict_caption(summary, v.meta), "", markdown_table(verdict_table(summary)), ""]
+        if note := sample_size_note(summary):
+            lines += [note, ""]
         for (level, at), _ in summary.groupby(["level", "at"], sort=False):
             if (level, at) != tuple(summary[["level", "at"]].iloc[0]):
                 lines += [f"### At {level} {at:g}", "", markdown_table(verdict_table(summary, level=(level, at))), ""]
@@ -147,32 +202,41 @@ def _validation(run_dir: Path, meta: dict[str, Any]) -> Any:
     return ValidationResult.load(folder)  # names the file that is missing, cut short or edited
 
 
-def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views: int = 1) -> Path:
+def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views: int = 1, progress: bool = False) -> Path:
     """Write ``report.html`` and ``report.md`` into ``run_dir``; returns the HTML path.
 
     With ``model`` (or when the run's model loads offline), each dimension also gets
-    circuitsvis views of its top ``neuron_views`` neurons per pole.
+    circuitsvis views of its top ``neuron_views`` neurons per pole. ``progress``: a bar with
+    one step per section (the neuron views and figures take most of the time).
     """
     from vlens import viz
+    from vlens.activations import _progress
     from vlens.data import build_prompts, load_value_data
     from vlens.locate import LocateResult
 
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "run.json")
     cfg = meta["config"]
+    bar = _progress(len(REPORT_SECTIONS), initial=0, enabled=progress, desc="report")
+
+    def done(section: str) -> None:  # one step of the bar per section, named as it finishes
+        bar.set_postfix_str(section, refresh=False)
+        bar.update(1)
+
     md = markdown_summary(run_dir)
     atomic_write_text(run_dir / "report.md", md)
+    done("report.md")
 
     sections: list[str] = []
     validation = _validation(run_dir, meta)
     if validation is not None:  # the verdict first: what a reader came for
         summary = validation.summary()
-        sections.append("<h2 id='verdict'>Verdict</h2>" + f"<p>{html.escape(verdict_caption(summary, validation.meta))}</p>"
-                        + verdict_table(summary).to_html(index=False, classes="table verdict")
+        sections.append("<h2 id='verdict'>Verdict</h2>" + verdict_html(summary, validation.meta)
                         + _img(viz.matched_effects(validation))
                         + "<p class='caption'>Each panel: one steered dimension and direction. A value edit (large dot) that "
                           "beats random stands above the grey random edits at the same KL; the dashed line is the prompted "
                           "control, the shift a stated value produces.</p>")  # fmt: skip
+    done("verdict")
 
     loc = None
     if (run_dir / "locate" / "locate.json").exists():
@@ -182,6 +246,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
         for dim in loc.dimensions:
             parts.append(f"<h3>{html.escape(dim)}</h3>" + _img(viz.score_distribution(loc, dim)))
         sections.append("\n".join(parts))
+    done("neuron sets")
 
     if loc is not None and neuron_views > 0:
         if model is None:
@@ -207,12 +272,14 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                         views.append(viz.circuitsvis_html(view))
             parts += [h + v for h, v in zip(headers, viz.share_bundle(views), strict=True)]
             sections.append("\n".join(parts))
+    done("single neurons")
 
     if validation is not None:
         parts = ["<h2>Causal validation: every cell and level</h2>", _fmt(validation.summary()).to_html(index=False, classes="table"),
                  "<h3>Circumplex check</h3>", _fmt(validation.circumplex()).to_html(index=False, classes="table"),
                  "<h3>Dose calibration</h3>", _fmt(validation.calibration).to_html(index=False, classes="table")]  # fmt: skip
         sections.append("\n".join(parts))
+    done("validation tables")
 
     compare_dir = run_dir / "compare"
     if (compare_dir / "compare_summary.csv").exists():
@@ -224,12 +291,17 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                         "compared with layer-matched random edits of the same size.</p>"
                         + _fmt(summary).to_html(index=False, classes="table") + figures
                         + "<h3>Cost of each selector</h3>" + _fmt(costs).to_html(index=False, classes="table"))  # fmt: skip
+    done("baseline selectors")
 
     if (run_dir / "answers.jsonl").exists():
         answers = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines() if line.strip()]
-        rows = "".join(f"<tr><td>{html.escape(a['question_id'])}</td><td>{html.escape(a['edit'])}</td>"
-                       f"<td>{html.escape(a['answer'])}</td></tr>" for a in answers)  # fmt: skip
+        # the question's text (answers of runs before vlens recorded it show the id), its id on hover
+        left = "style='text-align:left'"
+        rows = "".join(f"<tr><td {left} title='{html.escape(a['question_id'])}'>{html.escape(a.get('question') or a['question_id'])}"
+                       f"</td><td {left}>{html.escape(a['edit'])}</td><td {left}>{html.escape(a['answer'])}</td></tr>"
+                       for a in answers)  # fmt: skip
         sections.append(f"<h2>Generated answers</h2><table class='table'><tr><th>question</th><th>edit</th><th>answer</th></tr>{rows}</table>")
+    done("generated answers")
 
     info = meta.get("model", {}).get("info", {})
     card = "\n".join(f"{k:14s} {v}" for k, v in info.items() if k != "extra")
@@ -237,7 +309,14 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                     f"<pre>{html.escape(json.dumps(cfg, indent=1))}</pre>"
                     f"<p>Stage timings (s): {html.escape(str(meta.get('timings')))}</p></details>")  # fmt: skip
     page = _PAGE.format(title=html.escape(f"vlens report: {cfg['model']}"), body="\n".join(f"<section>{s}</section>" for s in sections))
-    return atomic_write_text(run_dir / "report.html", page)
+    out = atomic_write_text(run_dir / "report.html", page)
+    done("report.html")
+    bar.close()
+    return out
+
+
+REPORT_SECTIONS = ("report.md", "verdict", "neuron sets", "single neurons", "validation tables", "baseline selectors",
+                   "generated answers", "report.html")  # the steps of write_report's progress bar
 
 
 SWEEP_COLUMNS = ["cell", "split", "chosen", "cell score", "beats random", "wrong way", "blind", "mean z", "half Jaccard",

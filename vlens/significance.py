@@ -454,8 +454,25 @@ def items_needed(
     return SampleSize(n, mean, paired_z(x), max(items_paired, 2.0), null_z, items_null, nulls)
 
 
+def power_z(power: float = 0.8, alpha: float = ALPHA, *, sides: int = 2) -> float:
+    """The z a test statistic's expected value must reach for a test at level ``alpha`` to reject with
+    probability ``power``: ``z_{1 - alpha / sides} + z_{power}`` (2.80 for 80% power at 0.05, two-sided).
+
+    With ``z_target=power_z()``, :func:`items_needed`'s ``items_for_paired_z`` is the textbook sample size
+    of a paired test, ``((z_{1 - alpha/2} + z_{power}) * sd / |mean|)^2``: the number of items at which a
+    true mean shift equal to the observed one would give p < ``alpha`` (its interval would exclude 0) in
+    a fraction ``power`` of repeated runs (normal approximation, the measured spread taken as the truth).
+    """
+    power = _number("power", power)
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1) (e.g. 0.8 for 80%), got {power}")
+    if sides not in (1, 2):
+        raise ValueError(f"sides must be 1 or 2, got {sides!r}")
+    return float(stats.norm.isf(_alpha(alpha) / sides) + stats.norm.ppf(power))
+
+
 __all__ = [
     "ALPHA", "BEATS", "BLIND", "INDISTINGUISHABLE", "PROMPTED_Z_MIN", "P_METHODS", "VERDICTS", "WRONG_WAY", "Interval",
     "NullTest", "SampleSize", "circumplex", "holm", "instrument_sees", "items_needed", "min_null_size", "null_test",
-    "paired_ci", "paired_z", "verdict", "verdicts",
+    "paired_ci", "paired_z", "power_z", "verdict", "verdicts",
 ]  # fmt: skip
