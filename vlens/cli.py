@@ -5,6 +5,7 @@
     vlens locate --shard I/N + vlens merge   job arrays; torchrun --nproc_per_node=N -m vlens ... for one node
     vlens compare DIR              baseline selectors on the same footing
     vlens sweep --out DIR [--grid full]   a grid of locate settings, chosen on dev dilemmas, reported on test
+    vlens neuron DIR L.N           one neuron's card (scores, sets, top prompt pairs, output tokens)
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import signal
 import sys
@@ -215,6 +217,43 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     add(g, "--max-neutral", "neutral texts for the capability cost", metavar="N", type=int)
 
 
+def _neuron_id(text: str) -> tuple[int, int]:
+    """``L.N`` (or ``L12.N345``, as the report names neurons) -> (layer, neuron)."""
+    match = re.fullmatch(r"L?(\d+)\.N?(\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected LAYER.NEURON as two whole numbers like 12.345, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _cmd_neuron(args: argparse.Namespace) -> int:
+    import vlens
+    from vlens.cards import neuron_card
+    from vlens.locate import LocateResult
+    from vlens.pipeline import check_run_dir
+
+    cfg = check_run_dir(args.run_dir)["config"]
+    folder = Path(args.run_dir)
+    if not (folder / "locate" / "locate.json").exists():
+        raise UserError(f"{folder} has no locate results yet; run `vlens locate --out {folder}` first")
+    located = LocateResult.load(folder / "locate")
+    layer, neuron = args.neuron
+    stats = located.stats
+    if layer not in stats.layers:  # checked before the model loads
+        raise UserError(f"layer {layer} out of range: {folder} has statistics for layers {min(stats.layers)}..{max(stats.layers)}")
+    if neuron >= stats.d_mlp:
+        raise UserError(f"neuron {neuron} out of range: this model has neurons 0..{stats.d_mlp - 1} in each layer")
+    model = vlens.load_model(cfg["model"], device=args.device)
+    card = neuron_card(model, located, layer, neuron, data=vlens.load_value_data(cfg.get("data_dir")), k=args.pairs)
+    print(card.save(args.out or folder / "cards" / f"L{layer}_N{neuron}.html").resolve())
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from vlens.pipeline import merge_run
 
@@ -394,6 +433,13 @@ def build_parser() -> _Parser:
                         formatter_class=_Help, argument_default=argparse.SUPPRESS)  # fmt: skip
     _add_sweep_options(sw)
     sw.set_defaults(func=_cmd_sweep)
+    neuron = cmd("neuron", "write one neuron's card: scores, sets, top prompt pairs, the tokens its output promotes")
+    neuron.add_argument("run_dir", help="a run directory with locate results")
+    neuron.add_argument("neuron", metavar="L.N", type=_neuron_id, help="layer and neuron, e.g. 12.345")
+    neuron.add_argument("--out", metavar="FILE", help="the HTML file to write (default: RUN_DIR/cards/L<l>_N<n>.html)")
+    neuron.add_argument("--pairs", metavar="K", type=_positive, default=4, help="prompt pairs shown, those it fires on most")
+    neuron.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    neuron.set_defaults(func=_cmd_neuron)
     merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
     merge.add_argument("run_dir", help="the run directory the shards wrote into")
     merge.set_defaults(func=_cmd_merge)

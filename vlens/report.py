@@ -202,12 +202,15 @@ def _validation(run_dir: Path, meta: dict[str, Any]) -> Any:
     return ValidationResult.load(folder)  # names the file that is missing, cut short or edited
 
 
-def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views: int = 1, progress: bool = False) -> Path:
+def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views: int = 1, cards: int = 3,
+                 progress: bool = False) -> Path:  # fmt: skip
     """Write ``report.html`` and ``report.md`` into ``run_dir``; returns the HTML path.
 
     With ``model`` (or when the run's model loads offline), each dimension also gets
-    circuitsvis views of its top ``neuron_views`` neurons per pole. ``progress``: a bar with
-    one step per section (the neuron views and figures take most of the time).
+    circuitsvis views of its top ``neuron_views`` neurons per pole, and the top ``cards``
+    neurons of every set get a card in ``report_cards/`` (:func:`vlens.cards.write_cards`),
+    linked from the report. ``progress``: a bar with one step per section (the neuron views,
+    cards and figures take most of the time).
     """
     from vlens import viz
     from vlens.activations import _progress
@@ -274,6 +277,15 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
             sections.append("\n".join(parts))
     done("single neurons")
 
+    if loc is not None and model is not None and cards > 0:  # offline pages, linked by relative paths
+        from vlens.cards import card_links, write_cards
+
+        links = write_cards(run_dir / "report_cards", model, loc, per_set=cards, data=load_value_data(cfg.get("data_dir")))
+        sections.append("<h2>Neuron cards</h2><p>The top neurons of every set, each on a page of its own: scores, "
+                        "activation per pole, the prompt pairs it fires on most and the tokens its output promotes.</p>"
+                        + card_links(links, run_dir))  # fmt: skip
+    done("neuron cards")
+
     if validation is not None:
         parts = ["<h2>Causal validation: every cell and level</h2>", _fmt(validation.summary()).to_html(index=False, classes="table"),
                  "<h3>Circumplex check</h3>", _fmt(validation.circumplex()).to_html(index=False, classes="table"),
@@ -315,7 +327,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     return out
 
 
-REPORT_SECTIONS = ("report.md", "verdict", "neuron sets", "single neurons", "validation tables", "baseline selectors",
+REPORT_SECTIONS = ("report.md", "verdict", "neuron sets", "single neurons", "neuron cards", "validation tables", "baseline selectors",
                    "generated answers", "report.html")  # the steps of write_report's progress bar
 
 

@@ -305,18 +305,25 @@ def _js_props(props: dict[str, Any]) -> str:
     return convert_props(props).replace("<", "\\u003c")
 
 
-def _render_many(element: str, props: list[dict[str, Any]], headers: list[str], *, caption: str = "") -> RenderedHTML:
+def _render_many(
+    element: str, props: list[dict[str, Any]], headers: list[str], *, caption: str = "", columns: int = 1
+) -> RenderedHTML:
     """Several circuitsvis components in one ``RenderedHTML``: one container each, under a header.
 
     circuitsvis' ``render`` inlines its 1.3 MB bundle once per component; here the local
     version inlines it once and renders every component from the same script, and the CDN
-    version imports it once.
+    version imports it once. ``columns > 1`` lays the components out side by side, that many
+    to a row (e.g. the ``+`` and ``-`` prompt of a pair).
     """
     from circuitsvis import __version__ as cv_version
 
     ids = ["circuits-vis-" + str(uuid4())[:13] for _ in props]
     blocks = [f'<div style="margin: 10px 0 2px 0; font-family: sans-serif; font-size: 13px;">{h}</div>\n'
               f'<div id="{i}" style="margin: 0 0 12px 0;"></div>' for i, h in zip(ids, headers, strict=True)]  # fmt: skip
+    if columns > 1:  # one grid row per group: each block (header + container) is one cell
+        grid = f'<div style="display: grid; grid-template-columns: repeat({columns}, minmax(0, 1fr)); column-gap: 18px;">'
+        blocks = [grid + "".join(f"<div>{b}</div>" for b in blocks[i : i + columns]) + "</div>"
+                  for i in range(0, len(blocks), columns)]  # fmt: skip
     body = (f'<div style="font-family: sans-serif; font-size: 13px;">{caption}</div>\n' if caption else "") + "\n".join(blocks)
     calls = "\n".join(f'render("{i}", {element}, {_js_props(p)});' for i, p in zip(ids, props, strict=True))
     local = (f'<div class="vlens-circuitsvis">\n{body}\n<script crossorigin type="module">\n{_circuitsvis_js()}\n'
