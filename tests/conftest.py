@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models (fast) and the real offline SmolLM2 model (marked `model`)."""
+"""Shared fixtures: tiny random models (fast) and the real offline SmolLM2 and Gemma-3-270M models (marked `model`)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def tiny(request):
 def smollm():
     torch.manual_seed(0)
     return vlens.load_model()
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """Gemma-3-270M base from its four GGUF chunk packages; skipped where they are not installed."""
+    try:
+        vlens.models.find_gguf_parts("gemma-3-270m")
+    except vlens.ModelNotAvailableError as err:
+        pytest.skip(f"Gemma-3-270M is not installed here: {err}")
+    torch.manual_seed(0)
+    return vlens.load_model("gemma-3-270m")
 
 
 @pytest.fixture(scope="session")

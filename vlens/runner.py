@@ -51,7 +51,9 @@ def activation_fn(model: Any, hook: str) -> Callable[[Tensor], Tensor]:
     if hook == "gate" and model_info(model).gated_mlp:
         from transformers.activations import ACT2FN
 
-        return ACT2FN[model.original_model.config.hidden_act]
+        config = model.original_model.config
+        # Gemma configs name it hidden_activation (gelu_pytorch_tanh); Llama's hidden_act.
+        return ACT2FN[getattr(config, "hidden_act", None) or config.hidden_activation]
     return lambda t: t  # hook_post is the activation itself (and act(hook_pre) for a plain MLP)
 
 
