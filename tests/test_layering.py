@@ -12,7 +12,7 @@ LAYERS = [
     "_version", "_io", "values", "models", "runner", "data", "stats", "distributed", "scores", "neurons",
     "activations", "locate", "interventions", "controls", "instruments", "evaluate", "generation", "calibrate",
     "significance", "experiment", "validate",
-    "selectors", "viz", "report", "pipeline", "cli", "__init__",
+    "selectors", "viz", "report", "pipeline", "explain", "cli", "__init__",
 ]  # fmt: skip
 ROOT = Path(vlens.__file__).parent
 

@@ -4,6 +4,7 @@
     vlens locate / validate / report   one stage into a run directory
     vlens locate --shard I/N + vlens merge   job arrays; torchrun --nproc_per_node=N -m vlens ... for one node
     vlens compare DIR              baseline selectors on the same footing
+    vlens explain DIR --set D:P    why one cell's edit moves the way it does (direct effects, firing tokens, bands)
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -150,6 +151,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         atomic_write_text(out / f"{name}.html", f'<img src="{figure_to_data_uri(fig)}">')
     print(result.summary().to_string(index=False))
     print(f"\ncomparison: {out}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from vlens.explain import explain_run
+
+    exp = explain_run(args.run_dir, args.set, n_bands=args.bands, n_views=args.views, device=args.device)
+    dim, pole = exp.cell.rsplit(":", 1)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / f"{dim}_{'plus' if pole == '+' else 'minus'}.html"
+    exp.save(out)
+    print(exp.summary())
+    print(f"\nexplanation: {out.resolve()} (tables: {out.stem}_neurons.csv, _shares.csv, _bands.csv beside it)")
     return 0
 
 
@@ -326,6 +339,15 @@ def build_parser() -> _Parser:
     cmp.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     cmp.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     cmp.set_defaults(func=_cmd_compare)
+    ex = cmd("explain", "why one cell's edit moves the way it does: direct effects, firing tokens, layer bands")
+    ex.add_argument("run_dir", help="a run directory with locate and validate done")
+    ex.add_argument("--set", required=True, metavar="DIM:POLE", help='the neuron set whose edit to explain, e.g. '
+                    '"Self-Transcendence:+" or st:+ (its dose: validation\'s, at the first KL target)')
+    ex.add_argument("--bands", type=int, default=4, help="equal bands of layers, each edited alone")
+    ex.add_argument("--views", type=_count, default=5, help="top neurons shown as firing-token views (0: none)")
+    ex.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/explain/<dimension>_<plus|minus>.html)")
+    ex.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    ex.set_defaults(func=_cmd_explain)
     merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
     merge.add_argument("run_dir", help="the run directory the shards wrote into")
     merge.set_defaults(func=_cmd_merge)
