@@ -14,6 +14,9 @@ from vlens.interventions import dosed_edit
 from vlens.neurons import NeuronSet
 from vlens.runner import Batch, forward, hook_name, logprobs
 
+# The naive references freeze the final norm's scale with a hook, which the bridge notes each time.
+pytestmark = pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale")
+
 # Short texts: the tiny tokenizer is byte-level, and the finite differences run every sequence several times.
 ITEMS = [
     {"id": "a", "dimension": "Self-Transcendence", "context": "A friend is ill.", "option_plus": "I visit.", "option_minus": "I rest."},
@@ -183,9 +186,11 @@ def test_edit_direct_effect_matches_finite_differences(edited):
     np.testing.assert_allclose(de.total().numpy(), fd, rtol=1e-4)
     # the activation changes themselves: the engine's cached passes against whole sequences
     summed = {i: sum(deltas[s.key].sum(0) for s in inst.sequences(model) if s.key[1] == i) for i in range(len(ITEMS))}
-    np.testing.assert_allclose(de.delta_sum.numpy(), torch.stack([summed[i] for i in range(len(ITEMS))]).numpy(), atol=1e-9)
-    # the exact direct path differs from the linear one only at second order
-    np.testing.assert_allclose(de.exact.numpy(), de.total().numpy(), rtol=0.05)
+    np.testing.assert_allclose(de.delta_sum.numpy(), torch.stack([summed[i] for i in range(len(ITEMS))]).numpy(),
+                               rtol=1e-5, atol=1e-7)  # float32 normalisation in the tiny Llama
+    # the exact direct path: every change written in at once (t = 1), the log-softmax not linearised
+    path = naive_logodds(model, inst, hooks(1 / t), scales) - naive_logodds(model, inst, lambda s: [], scales)
+    np.testing.assert_allclose(de.exact.numpy(), path, rtol=1e-6)
 
 
 def test_vectorised_equals_a_loop_over_neurons(edited):
@@ -210,7 +215,7 @@ def test_vectorised_equals_a_loop_over_neurons(edited):
             scored = lp.gather(-1, torch.tensor(s.ids[s.split :])[:, None]).sum()
             x[s.key[1]] = x[s.key[1]] + (scored if s.key[3] == "plus" else -scored)
         grads = [torch.autograd.grad(xi, t, retain_graph=True)[0].item() for xi in x]
-        np.testing.assert_allclose(de.per_item[:, n].numpy(), grads, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(de.per_item[:, n].numpy(), grads, rtol=1e-6)  # the tiny Llama normalises in float32
 
 
 def test_readout_terms_reproduce_every_variant(tiny_llama):

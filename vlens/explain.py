@@ -468,8 +468,8 @@ class Explanation:
                  f"clamped {own.direct_clamp:+.4g}",
                  f"\ntop {k} neurons by |direct effect| on {self.dimension} (summed over its items):"]  # fmt: skip
         top = self.top_neurons(k)
-        lines += [f"  L{r.layer}.N{r.neuron:<6d} {r.role:6s} direct {r.direct_effect:+.4g}  (activation change "
-                  f"{r.mean_delta:+.3g} x unit effect {r.unit_effect:+.3g})" for r in top.itertuples()]  # fmt: skip
+        lines += [f"  L{r.layer}.N{r.neuron:<6d} {r.role:6s} direct {r.direct_effect:+.4g}  (mean activation change "
+                  f"{r.mean_delta:+.3g}, unit effect {r.unit_effect:+.3g})" for r in top.itertuples()]  # fmt: skip
         b = self.bands[self.bands.dimension == self.dimension]
         lines.append(f"\nlayer bands (the edit restricted to each, same dose), shift of {self.dimension}:")
         lines += [f"  {r.band:12s} {r.n_boost:6d} boosted {r.n_clamp:6d} clamped   shift {r.shift:+.4g}" for r in b.itertuples()]
@@ -506,9 +506,9 @@ class Explanation:
         t = self.neurons()
         t = t[t.dimension == self.dimension]
         n_layers = int(self.meta.get("n_layers", int(t.layer.max()) + 1))
-        for role, color in (("boost", "tab:blue"), ("clamp", "tab:orange")):
-            per = t[t.role == role].groupby("layer").direct_effect.sum().reindex(range(n_layers), fill_value=0.0)
-            ax.bar(per.index, per.values, color=color, alpha=0.7, label=role)
+        for role, color, offset in (("boost", "tab:blue", -0.2), ("clamp", "tab:orange", 0.2)):  # side by side
+            per = t[t.role.str.startswith(role)].groupby("layer").direct_effect.sum().reindex(range(n_layers), fill_value=0.0)
+            ax.bar(per.index + offset, per.values, width=0.4, color=color, label=role)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="layer", ylabel="direct effect (sum over items)", title=f"direct effect per layer on {self.dimension}")
         ax.legend(fontsize=8)
