@@ -12,7 +12,7 @@ LAYERS = [
     "_version", "_io", "values", "models", "runner", "data", "stats", "distributed", "scores", "neurons", "stability",
     "activations", "locate", "interventions", "controls", "instruments", "evaluate", "generation", "calibrate",
     "significance", "experiment", "validate",
-    "selectors", "viz", "cards", "report", "display", "pipeline", "sweep", "cli", "__init__",
+    "selectors", "viz", "cards", "report", "display", "pipeline", "sweep", "explain", "cli", "__init__",
 ]  # fmt: skip
 ROOT = Path(vlens.__file__).parent
 

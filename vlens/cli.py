@@ -6,6 +6,7 @@
     vlens compare DIR              baseline selectors on the same footing
     vlens sweep --out DIR [--grid full]   a grid of locate settings, chosen on dev dilemmas, reported on test
     vlens neuron DIR L.N           one neuron's card (scores, sets, top prompt pairs, output tokens)
+    vlens explain DIR --set D:P    why one cell's edit moves the way it does (direct effects, firing tokens, bands)
     vlens models                   what loads offline and what needs the hub
     vlens data [DIR]               counts and examples of the bundled data or of your files
 """
@@ -251,6 +252,15 @@ def _cmd_neuron(args: argparse.Namespace) -> int:
     model = vlens.load_model(cfg["model"], device=args.device)
     card = neuron_card(model, located, layer, neuron, data=vlens.load_value_data(cfg.get("data_dir")), k=args.pairs)
     print(card.save(args.out or folder / "cards" / f"L{layer}_N{neuron}.html").resolve())
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from vlens.explain import explain_run
+
+    exp = explain_run(args.run_dir, args.set, n_bands=args.bands, n_views=args.views, device=args.device)
+    dim, pole = exp.cell.rsplit(":", 1)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / f"{dim}_{'plus' if pole == '+' else 'minus'}.html"
+    exp.save(out)
+    print(exp.summary())
+    print(f"\nexplanation: {out.resolve()} (tables: {out.stem}_neurons.csv, _shares.csv, _bands.csv beside it)")
     return 0
 
 
@@ -440,6 +450,15 @@ def build_parser() -> _Parser:
     neuron.add_argument("--pairs", metavar="K", type=_positive, default=4, help="prompt pairs shown, those it fires on most")
     neuron.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     neuron.set_defaults(func=_cmd_neuron)
+    ex = cmd("explain", "why one cell's edit moves the way it does: direct effects, firing tokens, layer bands")
+    ex.add_argument("run_dir", help="a run directory with locate and validate done")
+    ex.add_argument("--set", required=True, metavar="DIM:POLE", help='the neuron set whose edit to explain, e.g. '
+                    '"Self-Transcendence:+" or st:+ (its dose: validation\'s, at the first KL target)')
+    ex.add_argument("--bands", type=int, default=4, help="equal bands of layers, each edited alone")
+    ex.add_argument("--views", type=_count, default=5, help="top neurons shown as firing-token views (0: none)")
+    ex.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/explain/<dimension>_<plus|minus>.html)")
+    ex.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
+    ex.set_defaults(func=_cmd_explain)
     merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
     merge.add_argument("run_dir", help="the run directory the shards wrote into")
     merge.set_defaults(func=_cmd_merge)
