@@ -452,10 +452,10 @@ def build_parser() -> _Parser:
     neuron.set_defaults(func=_cmd_neuron)
     ex = cmd("explain", "why one cell's edit moves the way it does: direct effects, firing tokens, layer bands")
     ex.add_argument("run_dir", help="a run directory with locate and validate done")
-    ex.add_argument("--set", required=True, metavar="DIM:POLE", help='the neuron set whose edit to explain, e.g. '
-                    '"Self-Transcendence:+" or st:+ (its dose: validation\'s, at the first KL target)')
-    ex.add_argument("--bands", type=int, default=4, help="equal bands of layers, each edited alone")
-    ex.add_argument("--views", type=_count, default=5, help="top neurons shown as firing-token views (0: none)")
+    ex.add_argument("--set", required=True, metavar="DIM:POLE", help='the set whose edit to explain, e.g. '
+                    '"Self-Transcendence:+" or st:+, at validation\'s dose for the first KL target (required)')
+    ex.add_argument("--bands", type=int, default=4, help="equal bands of layers, each edited alone (default: 4)")
+    ex.add_argument("--views", type=_count, default=5, help="top neurons shown as firing-token views, 0 for none (default: 5)")
     ex.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/explain/<dimension>_<plus|minus>.html)")
     ex.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     ex.set_defaults(func=_cmd_explain)
