@@ -252,6 +252,9 @@ def _cmd_neuron(args: argparse.Namespace) -> int:
     model = vlens.load_model(cfg["model"], device=args.device)
     card = neuron_card(model, located, layer, neuron, data=vlens.load_value_data(cfg.get("data_dir")), k=args.pairs)
     print(card.save(args.out or folder / "cards" / f"L{layer}_N{neuron}.html").resolve())
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from vlens.explain import explain_run
 
