@@ -35,7 +35,9 @@ def main() -> None:
     table = instrument_sensitivity(model, dev, held, persona_slot=args.slot)
     rank = table[table.dimension == "all"].groupby("variant").min_z.first().sort_values(ascending=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.assign(model=args.model, slot=args.slot, data_version=getattr(data, "version", 1)).to_csv(args.out, index=False)
+    # A base model has no system turn: the description goes into the raw prompt whatever --slot says.
+    slot = args.slot if vlens.model_info(model).is_chat else "raw"
+    table.assign(model=args.model, slot=slot, data_version=getattr(data, "version", 1)).to_csv(args.out, index=False)
     print(table.round(3).to_string(index=False))
     print(f"\n{len(dev)} dev dilemmas, {len(held)} held-out descriptions, {time.time() - t:.0f} s")
     print("\nranking by the weaker direction's paired z over all dev items:")
