@@ -169,10 +169,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
         summary = validation.summary()
         sections.append("<h2 id='verdict'>Verdict</h2>" + f"<p>{html.escape(verdict_caption(summary, validation.meta))}</p>"
                         + verdict_table(summary).to_html(index=False, classes="table verdict")
-                        + _img(viz.matched_effects(validation))
-                        + "<p class='caption'>Each panel: one steered dimension and direction. A value edit (large dot) that "
-                          "beats random stands above the grey random edits at the same KL; the dashed line is the prompted "
-                          "control, the shift a stated value produces.</p>")  # fmt: skip
+                        + _img(viz.matched_effects(validation)))  # fmt: skip
 
     loc = None
     if (run_dir / "locate" / "locate.json").exists():
@@ -210,6 +207,8 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
 
     if validation is not None:
         parts = ["<h2>Causal validation: every cell and level</h2>", _fmt(validation.summary()).to_html(index=False, classes="table"),
+                 *(["<h3>Leakage into the other values</h3>", _img(viz.leakage_heatmap(validation))]
+                   if (validation.table.metric == "orientation").any() else []),
                  "<h3>Circumplex check</h3>", _fmt(validation.circumplex()).to_html(index=False, classes="table"),
                  "<h3>Dose calibration</h3>", _fmt(validation.calibration).to_html(index=False, classes="table")]  # fmt: skip
         sections.append("\n".join(parts))
@@ -241,10 +240,10 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
 
 
 def _img(fig: Any) -> str:
+    """The figure at its own size (legible fonts, at most the page's width) with its caption underneath."""
     from vlens import viz
 
-    uri = viz.figure_to_data_uri(fig)
-    return f'<img src="{uri}" style="max-width:100%">'
+    return viz.figure_html(fig)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -254,6 +253,8 @@ body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
 pre {{ background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }}
 table.table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
 table.table td, table.table th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+table.table {{ display: block; max-width: 100%; overflow-x: auto; }}
+table.verdict td:nth-child(-n+3), table.verdict th:nth-child(-n+3) {{ text-align: left; }}
 section {{ border-top: 1px solid #ddd; margin-top: 2em; }}
 </style></head>
 <body><h1>{title}</h1>
