@@ -113,3 +113,15 @@ def test_a_cut_or_missing_validation_is_refused(tiny_run_dir, tmp_path, capsys):
     shutil.rmtree(run / "validation")
     assert main(["report", str(run)]) == 2
     assert "validation.json does not exist" in capsys.readouterr().err
+
+
+def test_verdict_caption_describes_the_level_the_table_shows():
+    """With a KL target and a hand-given gamma, the table shows the KL level; the caption said "at gamma 1"."""
+    import pandas as pd
+
+    from vlens.report import verdict_caption
+
+    rows = [{"level": "gamma", "at": 1.0, "n_items": 6, "n_null": 4, "verdict": "indistinguishable from random"},
+            {"level": "kl", "at": 0.1, "n_items": 6, "n_null": 4, "verdict": "indistinguishable from random"}]  # fmt: skip
+    caption = verdict_caption(pd.DataFrame(rows), {"dilemma_variant": "cloze-sum"})
+    assert "at matched cost (KL 0.1 nats/token" in caption and "gamma" not in caption

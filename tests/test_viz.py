@@ -389,10 +389,12 @@ def test_figures_of_a_comparison_pick_one_selector(validation):
         viz.shift_vs_kl(both)
     with pytest.raises(ValueError, match="selector 'probe' is not in the table"):
         viz.shift_vs_kl(both, selector="probe")
-    (ax,) = viz.shift_vs_kl(both, selector="lape").axes
+    ax = viz.shift_vs_kl(both, selector="lape").axes[0]  # toward +
     paper = summarise(both).query("selector == 'lape' and mode == 'paper' and direction == '+'").sort_values("gamma")
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), paper["shift"], atol=1e-12)
-    assert len(ax.collections[0].get_offsets()) == 2 * 3  # the shared random controls
+    (line,) = _artists(ax, "value edit toward +")
+    np.testing.assert_allclose(line.get_ydata(), paper["shift"], atol=1e-12)
+    (crosses,) = _artists(ax, "random edits")
+    assert len(crosses.get_offsets()) == 2 * 3  # the shared random controls
     assert len(viz.orientation_vs_gamma(both, "Conservation", selector="delta", size=8).axes) == 2
 
 

@@ -43,10 +43,7 @@ def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = No
     """
     if summary.empty:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
-    levels = summary[["level", "at"]].drop_duplicates()
-    if level is None:
-        kl = levels[levels.level == "kl"]
-        level = tuple((kl if len(kl) else levels).iloc[0])
+    level = _first_level(summary) if level is None else level
     s = summary[(summary.level == level[0]) & (summary["at"] == level[1])]  # summary.at is pandas' .at indexer, not the column
     get = lambda row, c: row[c] if c in row and pd.notna(row[c]) else float("nan")  # noqa: E731
     rows = []
@@ -61,11 +58,20 @@ def verdict_table(summary: pd.DataFrame, *, level: tuple[str, float] | None = No
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS).replace({"+nan": "-", "nan": "-", "[+nan, +nan]": "-"})
 
 
+def _first_level(summary: pd.DataFrame) -> tuple[str, float]:
+    """The dose level the verdict is read at: the first KL target, else the first hand-given gamma."""
+    levels = summary[["level", "at"]].drop_duplicates()
+    kl = levels[levels.level == "kl"]
+    return tuple((kl if len(kl) else levels).iloc[0])
+
+
 def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
     """What the verdict table is, how many items and random edits it rests on, and what the sizes allow."""
     if summary.empty:
         return "No verdict: the validation has no value edits."
-    first = summary.iloc[0]
+    level, at = _first_level(summary)
+    # the row of the level verdict_table shows (summary.at is pandas' .at indexer, not the column)
+    first = summary[(summary.level == level) & (summary["at"] == at)].iloc[0]
     where = f"at matched cost (KL {first['at']:g} nats/token on neutral text)" if first.level == "kl" else f"at gamma {first['at']:g}"
     n_items, n_null = int(first.n_items), int(first.n_null)
     text = (f"Value edits against {n_null} random edits {where}, on {n_items} held-out dilemmas per dimension "

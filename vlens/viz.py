@@ -428,6 +428,15 @@ def neuron_tokens(
 # ---------------------------------------------------------------------------- circuitsvis plumbing
 
 
+class _LocalHTML(RenderedHTML):
+    """A circuitsvis ``RenderedHTML`` that Jupyter always shows from its inlined bundle: circuitsvis' own
+    ``_repr_html_`` probes google.com and, if that answers, loads the bundle from a CDN instead, so a
+    notebook saved with its outputs would need the network to show them."""
+
+    def _repr_html_(self) -> str:
+        return self.local_src
+
+
 @lru_cache(maxsize=1)
 def _circuitsvis_js() -> str:
     """The circuitsvis browser bundle that its own ``render_local`` inlines (read from the installed package)."""
@@ -465,7 +474,7 @@ def _render_many(element: str, props: list[dict[str, Any]], headers: list[str], 
     cdn = (f'<div class="vlens-circuitsvis">\n{body}\n<script crossorigin type="module">\n'
            f'import {{ render, {element} }} from "https://unpkg.com/circuitsvis@{cv_version}/dist/cdn/esm.js";\n'
            f"{calls}\n</script>\n</div>")  # fmt: skip
-    return RenderedHTML(local, cdn)
+    return _LocalHTML(local, cdn)
 
 
 _REMOTE_SCRIPT = re.compile(
@@ -941,7 +950,8 @@ def matched_effects(validation: Any) -> Figure:
     beside them); the dashed line is the prompted control (the value stated in the prompt), the
     dotted one the unedited model; the controls show what a steering vector or a dense MLP edit
     achieves at the same cost. With one dose level (one KL target) the edits stand side by side,
-    each tick naming the edit and its KL; with several, x is the KL on neutral text (log scale).
+    each tick naming the edit and its KL; with several, x is the KL on neutral text (log scale) and
+    each value edit is labelled with its level.
     """
     from vlens.significance import paired_ci
 
@@ -989,6 +999,10 @@ def matched_effects(validation: Any) -> Figure:
                     err = [[ci.estimate - ci.low], [ci.high - ci.estimate]] if math.isfinite(ci.low) else None
                     ax.errorbar([x], [ci.estimate], yerr=err, fmt="o", ms=9, capsize=4, lw=2, zorder=4,
                                 color=POLE_COLORS.get(direction, COLORS["+"]), label=f"value edit toward {direction} (95% CI)")  # fmt: skip
+                    if not side_by_side:  # which dose level each dot is
+                        kl_target, gamma = labels.target_kl[cond], labels.gamma[cond]
+                        ax.annotate(f"KL target {kl_target:g}" if pd.notna(kl_target) else f"γ {gamma:.2g}", (x, ci.estimate),
+                                    textcoords="offset points", xytext=(7, 4), fontsize=FONT_SIZE)  # fmt: skip
             prompted = (labels.source == "prompted") & (labels.direction == direction)
             if prompted.any():
                 ax.axhline(float(shift[prompted].iloc[0]), **_PROMPTED_LINE)
