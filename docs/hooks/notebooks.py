@@ -3,7 +3,8 @@
 `make notebooks` writes executed copies of notebooks/ into docs/notebooks/ (the notebooks themselves
 stay saved without outputs). For each copy this hook adds a generated page ``notebooks/<stem>.md``
 (mkdocs-jupyter would do the same, but is not a dependency): markdown cells as they are, code cells
-as Python blocks, each output under its cell. Text outputs become text blocks; PNG outputs image
+as Python blocks, each output under its cell. Text outputs become ``output`` blocks (styled apart
+from code by docs/assets/extra.css; the kernel's stderr, library warnings, is left out); PNG outputs image
 files beside the page; HTML outputs without scripts (tables) are inlined; HTML outputs with scripts
 (circuitsvis views, their JavaScript inline) get a page of their own shown in an iframe, so their
 scripts never meet the theme's. Nothing is loaded from the network. The ``.ipynb`` copies are
@@ -56,9 +57,11 @@ def render(path: Path) -> dict[str, str | bytes]:
         for j, o in enumerate(cell.get("outputs", [])):
             data = o.get("data", {})
             if o.output_type == "stream":
-                parts.append(_fence(_joined(o.text), "text"))
+                if o.name == "stderr":  # warnings of the libraries (tqdm, ...): kept in the .ipynb, not on the page
+                    continue
+                parts.append(_fence(_joined(o.text), "output"))
             elif o.output_type == "error":
-                parts.append(_fence(f"{o.ename}: {o.evalue}", "text"))
+                parts.append(_fence(f"{o.ename}: {o.evalue}", "output"))
             elif "image/png" in data:
                 uri = f"{FOLDER}/{stem}/cell{i}_{j}.png"
                 out[uri] = base64.b64decode(_joined(data["image/png"]))
@@ -74,7 +77,7 @@ def render(path: Path) -> dict[str, str | bytes]:
                     parts.append('<div class="nb-output" style="overflow-x: auto;">\n'
                                  + "\n".join(line for line in body.splitlines() if line.strip()) + "\n</div>")  # fmt: skip
             elif "text/plain" in data:
-                parts.append(_fence(_joined(data["text/plain"]), "text"))
+                parts.append(_fence(_joined(data["text/plain"]), "output"))
     out[f"{FOLDER}/{stem}.md"] = "\n\n".join(parts) + "\n"
     return out
 
