@@ -171,9 +171,9 @@ def _null(ax: Any, x: Any, y: Any, levels: Any = None, *, errorbar_dx: float = 0
     if not len(y):
         return
     ax.scatter(x, y, marker="x", s=30, lw=1.2, color=COLORS["random"], zorder=2, label="random edits")
-    levels = np.zeros(len(y)) if levels is None else np.asarray(levels, dtype=float)
-    for level in np.unique(levels):
-        sel = levels == level
+    codes = np.zeros(len(y), dtype=int) if levels is None else pd.factorize(pd.Series(list(levels)))[0]
+    for code in np.unique(codes):
+        sel = codes == code
         if sel.sum() >= 2:
             ax.errorbar([x[sel].mean() + errorbar_dx], [y[sel].mean()], yerr=[y[sel].std(ddof=1)], fmt="_", ms=16, mew=2,
                         capsize=5, lw=2, color=COLORS["random"], zorder=2, label="random edits: mean ± sd")  # fmt: skip
@@ -188,20 +188,6 @@ def _compact_ticks(axis: Any, nbins: int = 3) -> None:
     fmt = ScalarFormatter(useOffset=False)
     fmt.set_scientific(False)
     axis.set_major_formatter(fmt)
-
-
-def _kl_axis(ax: Any, kl: pd.Series) -> None:
-    """A log KL axis (dose levels spread evenly) with ticks at 1, 2 and 5 per decade, written in full;
-    a linear one with compact ticks if some KL is 0."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-
-    if not (kl.dropna() > 0).all():
-        _compact_ticks(ax.xaxis)
-        return
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _hide_unused(fig: Figure, axes: Any, used: int) -> None:
@@ -949,9 +935,9 @@ def matched_effects(validation: Any) -> Figure:
     items) should stand above the random edits (grey crosses, their mean +/- sd as an error bar
     beside them); the dashed line is the prompted control (the value stated in the prompt), the
     dotted one the unedited model; the controls show what a steering vector or a dense MLP edit
-    achieves at the same cost. With one dose level (one KL target) the edits stand side by side,
-    each tick naming the edit and its KL; with several, x is the KL on neutral text (log scale) and
-    each value edit is labelled with its level.
+    achieves at the same cost. The edits stand side by side: with one dose level (one KL target)
+    one tick each, naming the edit and its KL; with several (KL targets, hand-given gammas) one
+    group of ticks per level, named with the level and the KLs its edits reached.
     """
     from vlens.significance import paired_ci
 
@@ -961,11 +947,17 @@ def matched_effects(validation: Any) -> Figure:
         raise ValueError("no value edits in the validation table: nothing to draw")
     dims = list(dict.fromkeys(cells.steered))
     directions = _directions(cells)
-    level = _level(labels)
-    edited = labels.source.isin(["value", "random", "steering", "dense"])
-    levels = sorted(set(level[edited].dropna()))
-    side_by_side = len(levels) == 1
-    fig = _figure(1.0 + 4.6 * len(directions), 1.4 + (2.9 if side_by_side else 2.6) * len(dims))
+    kinds = [k for k in ("value", "random", "steering", "dense") if (labels.source == k).any()]
+    edited = labels.source.isin(kinds)
+    matched = labels.target_kl.notna()
+    level = pd.Series(np.where(matched, "KL target " + labels.target_kl.map("{:g}".format),
+                               "gamma " + labels.gamma.map("{:g}".format)), index=labels.index).where(edited)  # fmt: skip
+    by_level = labels[edited].assign(level=level).sort_values(["target_kl", "gamma"], na_position="last")
+    levels = list(dict.fromkeys(by_level.level))  # KL targets first, ascending, then hand-given gammas
+    one_level = len(levels) == 1
+    # Several levels: one group per level, the kinds of edit side by side within it.
+    offset = dict(zip(kinds, np.linspace(-0.3, 0.3, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
+    fig = _figure(1.0 + 4.6 * len(directions), 1.4 + 2.9 * len(dims))
     axes = fig.subplots(len(dims), len(directions), squeeze=False)
     for r, dim in enumerate(dims):
         items = dim_of.index[dim_of == dim]
@@ -974,56 +966,59 @@ def matched_effects(validation: Any) -> Figure:
             per_item = (-1.0 if direction == "-" else 1.0) * change[items]
             shift = per_item.mean(axis=1)
             cell = (labels.steered == dim) & (labels.direction == direction)
-            groups = {"value edit": (labels.source == "value") & cell, f"random edits ({int((labels.source == 'random').sum())})":
-                      labels.source == "random", "steering": (labels.source == "steering") & cell,
-                      "dense": (labels.source == "dense") & cell}  # fmt: skip
-            groups = {name: sel for name, sel in groups.items() if sel.any()}
-            ticks = [f"{name}\nKL {float(labels.kl[sel].mean()):.3g}" for name, sel in groups.items()]
-            slot = dict(zip(groups, range(len(groups)), strict=True))  # side by side: one tick per kind of edit
+            groups = {"value": (labels.source == "value") & cell, "random": labels.source == "random",
+                      "steering": (labels.source == "steering") & cell, "dense": (labels.source == "dense") & cell}  # fmt: skip
+            groups = {kind: sel for kind, sel in groups.items() if sel.any()}
+            slot = dict(zip(groups, range(len(groups)), strict=True))
 
-            def x_of(name: str, sel: pd.Series, slot: dict[str, int] = slot) -> Any:
-                return np.full(int(sel.sum()), float(slot[name])) if side_by_side else labels.kl[sel].to_numpy(dtype=float)
+            def x_of(kind: str, sel: pd.Series, slot: dict[str, int] = slot) -> Any:
+                if one_level:
+                    return np.full(int(sel.sum()), float(slot[kind]))
+                return np.array([levels.index(lv) for lv in level[sel]], dtype=float) + offset[kind]
 
-            for name, sel in groups.items():
-                if name.startswith("random"):
-                    x = x_of(name, sel) + (np.linspace(-0.15, 0.15, int(sel.sum())) if side_by_side else 0.0)
-                    _null(ax, x, shift[sel], level[sel], errorbar_dx=0.3 if side_by_side else 0.0)
-                elif name in FAMILY_STYLE:
-                    style = FAMILY_STYLE[name]
-                    ax.scatter(x_of(name, sel), shift[sel], marker=style["marker"], color=style["color"], s=50, zorder=3,
+            for kind, sel in groups.items():
+                if kind == "random":
+                    n = int(sel.sum())
+                    jitter = np.linspace(-0.15, 0.15, n) if one_level else np.resize(np.linspace(-0.04, 0.04, 3), n)
+                    _null(ax, x_of(kind, sel) + jitter, shift[sel], level[sel], errorbar_dx=0.3 if one_level else 0.1)
+                elif kind in FAMILY_STYLE:
+                    style = FAMILY_STYLE[kind]
+                    ax.scatter(x_of(kind, sel), shift[sel], marker=style["marker"], color=style["color"], s=50, zorder=3,
                                label=style["label"])  # fmt: skip
-            if "value edit" in groups:
-                sel = groups["value edit"]
-                for cond, x in zip(labels.index[sel], x_of("value edit", sel), strict=True):
+            if "value" in groups:
+                sel = groups["value"]
+                for cond, x in zip(labels.index[sel], x_of("value", sel), strict=True):
                     ci = paired_ci(per_item.loc[cond].dropna().to_numpy())  # the verdict table's interval
                     err = [[ci.estimate - ci.low], [ci.high - ci.estimate]] if math.isfinite(ci.low) else None
                     ax.errorbar([x], [ci.estimate], yerr=err, fmt="o", ms=9, capsize=4, lw=2, zorder=4,
                                 color=POLE_COLORS.get(direction, COLORS["+"]), label=f"value edit toward {direction} (95% CI)")  # fmt: skip
-                    if not side_by_side:  # which dose level each dot is
-                        kl_target, gamma = labels.target_kl[cond], labels.gamma[cond]
-                        ax.annotate(f"KL target {kl_target:g}" if pd.notna(kl_target) else f"γ {gamma:.2g}", (x, ci.estimate),
-                                    textcoords="offset points", xytext=(7, 4), fontsize=FONT_SIZE)  # fmt: skip
             prompted = (labels.source == "prompted") & (labels.direction == direction)
             if prompted.any():
                 ax.axhline(float(shift[prompted].iloc[0]), **_PROMPTED_LINE)
             ax.axhline(0.0, **_UNEDITED_LINE)
             ax.set_title(f"{dim} toward {direction}")
-            ax.grid(alpha=0.3, axis="y" if side_by_side else "both")
-            if side_by_side:
-                ax.set_xticks(range(len(ticks)), ticks)
-                ax.set_xlim(-0.5, len(ticks) - 0.3)
+            ax.grid(alpha=0.3, axis="y")
+            if one_level:
+                names = {"value": "value edit", "random": f"random edits ({int(groups.get('random', cell).sum())})",
+                         "steering": "steering", "dense": "dense"}  # fmt: skip
+                ax.set_xticks(range(len(groups)), [f"{names[k]}\nKL {float(labels.kl[sel].mean()):.3g}" for k, sel in groups.items()])
+                ax.set_xlim(-0.5, len(groups) - 0.3)
             else:
-                _kl_axis(ax, labels.kl[edited])
-                if r == len(dims) - 1:
-                    ax.set_xlabel("KL on neutral text (nats/token)")
+                kl = by_level.groupby("level", sort=False)["kl"].agg(["min", "max"])
+                ax.set_xticks(range(len(levels)), [f"{lv}\nKL {kl.loc[lv, 'min']:.2g}" + (
+                    f"-{kl.loc[lv, 'max']:.2g}" if f"{kl.loc[lv, 'max']:.2g}" != f"{kl.loc[lv, 'min']:.2g}" else "")
+                    for lv in levels])  # fmt: skip
+                ax.set_xlim(-0.5, len(levels) - 0.5)
+                for k in range(1, len(levels)):
+                    ax.axvline(k - 0.5, color="0.8", lw=1)
         axes[r][0].set_ylabel("log-odds shift")
     _legend_below(fig, ncols=3)
-    if not side_by_side:
-        where = "at every dose level"
-    elif labels.target_kl.notna().any():
-        where = f"at matched cost (KL {levels[0]:g} nats/token on neutral text)"
+    if not one_level:
+        where = "at each dose level"
+    elif matched.any():
+        where = f"at matched cost ({levels[0]} nats/token on neutral text)"
     else:
-        where = f"at gamma {levels[0]:g} (not matched on cost)"
+        where = f"at {levels[0]} (not matched on cost)"
     fig.suptitle(f"Value edits against random edits and controls {where}")
     return fig
 
