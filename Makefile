@@ -1,6 +1,7 @@
 # Two commands for a fresh clone (see README):
 #   make run    install into .venv, then run the main job on the offline default model
 #   make test   install into .venv (with dev tools), then run the whole test suite
+#   make notebooks   execute notebooks/ into docs/notebooks/ (outputs included; tests check they are current)
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 RUN_ARGS ?=
 
-.PHONY: run test install lint clean
+.PHONY: run test install lint clean notebooks
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ run: install
 test: install
 	$(VENV)/bin/ruff check vlens tests benchmarks
 	$(PY) -m pytest -q
+
+# Executed copies for readers and the docs site; the notebooks themselves stay saved without outputs.
+notebooks: install
+	$(PY) scripts/execute_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,11 +5,16 @@ is never written to) with the notebooks folder as its working directory. The ker
 explicit ``python3`` kernel spec written for this test, pointing at the interpreter running
 pytest, so a fresh ``make test`` venv needs no ``ipykernel install`` step and a ``python3``
 kernel installed elsewhere on the machine (another Python) can never be picked up instead.
+
+The executed copies in docs/notebooks/ (``make notebooks``, scripts/execute_notebooks.py) are
+checked for staleness against their sources, for outputs and for offline outputs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -90,3 +95,51 @@ def test_notebook_runs(name, tmp_path, jupyter_path, monkeypatch):
         nbformat.write(nb, copy)  # the executed copy, outputs included, for a look after a failure
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+
+
+# ---------------------------------------------------------------------------- executed copies (make notebooks)
+
+EXECUTED_DIR = NOTEBOOKS_DIR.parent / "docs" / "notebooks"
+REMOTE = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//|\bfrom\s*[\"'](?:https?:)?//|unpkg\.com|cdn\.jsdelivr", re.I)
+
+
+def _executor():
+    """scripts/execute_notebooks.py, imported from its file (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("execute_notebooks", NOTEBOOKS_DIR.parent / "scripts" / "execute_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", [p.values[0] for p in NOTEBOOKS])
+def test_executed_copy_is_current_and_has_outputs(name):
+    """docs/notebooks/ holds each notebook executed, outputs included, for readers and the docs site. A copy
+    whose source changed since it was made is stale; so is one with an unexecuted cell or an error."""
+    refresh = f"refresh it with `make notebooks` (or python scripts/execute_notebooks.py {name})"
+    copy_path = EXECUTED_DIR / name
+    assert copy_path.exists(), f"docs/notebooks/{name} is missing; {refresh}"
+    source, copy = nbformat.read(NOTEBOOKS_DIR / name, as_version=4), nbformat.read(copy_path, as_version=4)
+    nbformat.validate(copy)
+    digest = _executor().source_sha256(source)
+    assert copy.metadata.get("vlens", {}).get("source_sha256") == digest, f"docs/notebooks/{name} is stale; {refresh}"
+    assert [c.source for c in copy.cells] == [c.source for c in source.cells]
+    code = [c for c in copy.cells if c.cell_type == "code"]
+    assert all(isinstance(c.execution_count, int) for c in code), f"docs/notebooks/{name} has unexecuted cells; {refresh}"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], f"docs/notebooks/{name} saved an error; {refresh}"
+    assert sum(bool(c.outputs) for c in code) >= len(code) // 2, f"docs/notebooks/{name}: most cells show nothing"
+    for o in outputs:  # every output shows offline: no script or module loaded from another host
+        html = o.get("data", {}).get("text/html", "")
+        assert not REMOTE.search(html if isinstance(html, str) else "".join(html)), f"{name}: an output loads from the network"
+
+
+def test_source_hash_ignores_outputs_but_not_code():
+    ex = _executor()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x = 1")])
+    ran = nbformat.from_dict(json.loads(json.dumps(nb)))
+    ran.cells[1].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    ran.cells[1].execution_count = 1
+    ran.metadata["vlens"] = {"source_sha256": "x"}
+    assert ex.source_sha256(ran) == ex.source_sha256(nb)
+    ran.cells[1].source = "x = 2"
+    assert ex.source_sha256(ran) != ex.source_sha256(nb)

@@ -114,6 +114,38 @@ def test_report_renders_offline_in_chromium(tiny_run_dir, tmp_path):
     assert remote == [], f"the report made network requests: {remote[:5]}"
 
 
+# Run 2 s (of virtual time) after load, once the circuitsvis views have rendered: writes the layout into the DOM.
+MEASURE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const box = document.querySelector("table.verdict").getBoundingClientRect();
+  const shown = [...document.querySelectorAll("figure.vlens-figure img")].map(
+    (img) => img.getBoundingClientRect().width / parseFloat(img.style.width));
+  document.body.setAttribute("data-verdict-top", String(box.top));
+  document.body.setAttribute("data-verdict-bottom", String(box.bottom));
+  document.body.setAttribute("data-figures", String(shown.length));
+  document.body.setAttribute("data-smallest-scale", String(Math.min(...shown)));
+}, 2000));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_verdict_is_on_the_first_screen_and_figures_are_full_size(tiny_run_dir, tmp_path):
+    """Issue 16: the verdict table sat about 10,000 px down the report. In a 1,400 x 1,000 window it must
+    lie inside the first screen, and no figure may be shrunk below its own size (which keeps its
+    10 pt text at 10 pt), as Chromium lays the page out."""
+    page = tmp_path / "report.html"
+    page.write_text((tiny_run_dir / "report.html").read_text().replace("</body>", MEASURE + "\n</body>", 1))
+    dom = subprocess.run([CHROMIUM, *QUIET, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
+                          "--hide-scrollbars", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    layout = {k: float(v) for k, v in re.findall(r'data-([\w-]+)="([^"]*)"', body)}
+    assert set(layout) == {"verdict-top", "verdict-bottom", "figures", "smallest-scale"}, body
+    assert 0 < layout["verdict-top"] < layout["verdict-bottom"] <= 1000, layout
+    assert layout["figures"] >= 4 and layout["smallest-scale"] > 0.99, layout
+
+
 def test_a_cut_or_missing_validation_is_refused(tiny_run_dir, tmp_path, capsys):
     """Issue 15: a validation.csv cut in half gave a wrong report with exit 0; a deleted
     validation/ silently dropped the section. Both are now one-line errors naming the file."""
@@ -129,3 +161,15 @@ def test_a_cut_or_missing_validation_is_refused(tiny_run_dir, tmp_path, capsys):
     shutil.rmtree(run / "validation")
     assert main(["report", str(run)]) == 2
     assert "validation.json does not exist" in capsys.readouterr().err
+
+
+def test_verdict_caption_describes_the_level_the_table_shows():
+    """With a KL target and a hand-given gamma, the table shows the KL level; the caption said "at gamma 1"."""
+    import pandas as pd
+
+    from vlens.report import verdict_caption
+
+    rows = [{"level": "gamma", "at": 1.0, "n_items": 6, "n_null": 4, "verdict": "indistinguishable from random"},
+            {"level": "kl", "at": 0.1, "n_items": 6, "n_null": 4, "verdict": "indistinguishable from random"}]  # fmt: skip
+    caption = verdict_caption(pd.DataFrame(rows), {"dilemma_variant": "cloze-sum"})
+    assert "at matched cost (KL 0.1 nats/token" in caption and "gamma" not in caption

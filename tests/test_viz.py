@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import sys
@@ -11,13 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from vlens import viz
 from vlens.activations import tokenize_prompts
 from vlens.data import build_prompts
 from vlens.evaluate import Instruments
-from vlens.experiment import summarise
+from vlens.experiment import expand_shared, item_changes, summarise, table_of
 from vlens.locate import from_stats, locate
 from vlens.validate import ValidationResult, validate
 
@@ -34,6 +36,23 @@ def validation(tiny_llama, located):
     instruments = Instruments.default(max_dilemmas=1, max_portrait=4, max_neutral=1)
     return validate(tiny_llama, located, dimensions=["Conservation"], gammas=[0.5, 1.0], kl_targets=[], n_random=3, controls=(),
                     instruments=instruments, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def matched(tiny_llama, located):
+    """Every edit matched to one KL target, with the prompted and dense controls (no gamma axis)."""
+    instruments = Instruments.default(max_dilemmas=3, max_portrait=0, max_neutral=1)
+    return validate(tiny_llama, located, dimensions=["Conservation"], kl_targets=[0.001], n_random=3,
+                    controls=("prompted", "dense"), instruments=instruments, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_llama, located):
+    from vlens.selectors import compare
+
+    instruments = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1)
+    return compare(tiny_llama, located, dimensions=["Conservation"], sizes=[4, 8], selectors=["delta", "random"],
+                   instruments=instruments, n_random=2, progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -191,16 +210,15 @@ def test_overlap_heatmap(located):
 
 
 def test_orientation_vs_gamma(validation):
-    from vlens.experiment import expand_shared, table_of
-
     t = expand_shared(table_of(validation))  # the shared random edits, as every cell's control
     fig = viz.orientation_vs_gamma(validation, "Conservation")
     assert isinstance(fig, Figure) and len(fig.axes) == 2  # one panel per direction
     sel = (t.steered == "Conservation") & (t.metric == "orientation") & (t.measured == "Conservation")
     base = t[(t.source == "none") & (t.metric == "orientation") & (t.measured == "Conservation")].value.item()
     for ax, direction in zip(fig.axes, "+-", strict=True):
-        assert len(ax.lines) == 3 and len(ax.collections) == 1  # random mean, paper, baseline; band
+        assert len(ax.lines) == 3 and len(ax.collections) == 2  # random mean, paper, baseline; band, random crosses
         rnd_mean, paper, unedited = ax.lines
+        assert paper.get_color() == viz.COLORS[direction] and rnd_mean.get_color() == viz.COLORS["random"]
         rows = t[sel & (t.direction == direction)]
         np.testing.assert_allclose(paper.get_ydata(), rows[(rows.source == "value") & (rows["mode"] == "paper")].sort_values("gamma").value)
         np.testing.assert_allclose(rnd_mean.get_ydata(), rows[rows.source == "random"].groupby("gamma").value.mean())
@@ -208,20 +226,95 @@ def test_orientation_vs_gamma(validation):
     assert len(viz.orientation_vs_gamma(validation, "Conservation", metric="kl").axes) == 2
 
 
+def _artists(ax, label):
+    """The lines and collections of an axes with this legend label."""
+    return [a for a in [*ax.lines, *ax.collections, *ax.containers] if a.get_label() == label]
+
+
 def test_cost_and_shift_figures(validation):
     fig = viz.cost_vs_gamma(validation)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
-    assert len(fig.axes[0].lines) == 5 and len(fig.axes[0].collections) == 2  # per direction: value, random mean, band
-    fig = viz.shift_vs_kl(validation)
     (ax,) = fig.axes
-    assert len(ax.collections) == 2  # random edits of each direction
-    plus, minus = ax.lines[:2]
     s = summarise(validation)
-    for line, direction in ((plus, "+"), (minus, "-")):
+    for direction in "+-":
+        (line,) = _artists(ax, f"value edit toward {direction}")
+        paper = s[(s["mode"] == "paper") & (s.direction == direction)].sort_values("gamma")
+        np.testing.assert_allclose(line.get_ydata(), paper["kl"], atol=1e-12)
+        assert line.get_color() == viz.COLORS[direction]
+    (crosses,) = _artists(ax, "random edits")
+    assert len(crosses.get_offsets()) == 2 * 3  # the shared null once (not once per direction): 2 gammas x 3 seeds
+    fig = viz.shift_vs_kl(validation)
+    assert [ax.get_title() for ax in fig.axes] == ["Conservation toward + (the value)", "Conservation toward - (its reversed aspect)"]
+    for ax, direction in zip(fig.axes, "+-", strict=True):
+        (line,) = _artists(ax, f"value edit toward {direction}")
         paper = s[(s["mode"] == "paper") & (s.direction == direction)].sort_values("gamma")
         np.testing.assert_allclose(line.get_ydata(), paper["shift"], atol=1e-12)
         np.testing.assert_allclose(line.get_xdata(), paper["kl"], atol=1e-12)
-    assert len(ax.collections[0].get_offsets()) == 2 * 3  # 2 gammas x 3 seeds
+        (crosses,) = _artists(ax, "random edits")
+        assert len(crosses.get_offsets()) == 2 * 3  # 2 gammas x 3 seeds
+        bars = _artists(ax, "random edits: mean ± sd")
+        assert len(bars) == 2  # the random edits' mean +- sd at each gamma
+        for bar, gamma in zip(bars, (0.5, 1.0), strict=True):
+            row = paper[np.isclose(paper.gamma, gamma)].iloc[0]
+            assert bar.lines[0].get_ydata()[0] == pytest.approx(row.random_mean)
+            assert np.ptp(bar.lines[2][0].get_segments()[0][:, 1]) == pytest.approx(2 * row.random_sd)
+
+
+def test_one_dose_draws_the_random_edits_beside_the_value_edit(validation):
+    """Issue 16: with one gamma the random band had no width and the x axis ran 0.96-1.04. Now the
+    edits stand side by side, the random edits as crosses with their mean +- sd as an error bar."""
+    t = validation.table
+    one = t[t.gamma.isna() | (t.gamma == 1.0)]
+    fig = viz.orientation_vs_gamma(one, "Conservation")
+    rows = expand_shared(table_of(one))
+    for ax, direction in zip(fig.axes, "+-", strict=True):
+        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["value edit", "random edits"]
+        assert ax.get_xlabel() == "every edit at gamma 1"
+        (value,) = _artists(ax, f"value edit toward {direction}")
+        (crosses,) = _artists(ax, "random edits")
+        (bar,) = _artists(ax, "random edits: mean ± sd")
+        x_value, x_random = value.get_offsets()[0][0], crosses.get_offsets()[:, 0]
+        assert x_value == 0 and np.all(np.abs(x_random - 1) < 0.2) and bar.lines[0].get_xdata()[0] > x_random.max()
+        sel = (rows.source == "random") & (rows.direction == direction) & (rows.metric == "orientation") & (rows.measured == "Conservation")
+        np.testing.assert_allclose(np.sort(crosses.get_offsets()[:, 1]), np.sort(rows[sel].value))
+        assert bar.lines[0].get_ydata()[0] == pytest.approx(rows[sel].value.mean())
+        assert ax.get_xlim()[1] - ax.get_xlim()[0] > 1  # room for both, not a sliver around gamma 1
+    cost = viz.cost_vs_gamma(one).axes[0]
+    assert [tick.get_text() for tick in cost.get_xticklabels()] == ["toward +", "toward -", "random edits"]
+
+
+def test_gamma_figures_refuse_a_validation_matched_on_kl(matched):
+    for draw in (lambda: viz.orientation_vs_gamma(matched, "Conservation"), lambda: viz.cost_vs_gamma(matched)):
+        with pytest.raises(ValueError, match="dosed to a KL target, so the edits share no gamma axis; draw viz.matched_effects"):
+            draw()
+
+
+def test_matched_effects(matched):
+    from vlens.significance import paired_ci
+
+    fig = viz.matched_effects(matched)
+    assert [ax.get_title() for ax in fig.axes] == ["Conservation toward +", "Conservation toward -"]
+    summary = matched.summary()
+    change, labels, dim_of = item_changes(matched)
+    for ax, direction in zip(fig.axes, "+-", strict=True):
+        # one dose level: the edits side by side, each tick naming it and its KL
+        ticks = [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+        assert ticks == ["value edit", "random edits (3)", "dense"]
+        cell = summary[summary.direction == direction].iloc[0]
+        (value,) = _artists(ax, f"value edit toward {direction} (95% CI)")
+        assert value.lines[0].get_ydata()[0] == pytest.approx(cell.effect)
+        assert value.lines[0].get_color() == viz.COLORS[direction]
+        low, high = np.sort(value.lines[2][0].get_segments()[0][:, 1])
+        value_cond = labels.index[(labels.source == "value") & (labels.direction == direction)][0]
+        sign = 1.0 if direction == "+" else -1.0
+        ci = paired_ci(sign * change.loc[value_cond, dim_of.index[dim_of == "Conservation"]].to_numpy())
+        assert (low, high) == pytest.approx((ci.low, ci.high))
+        assert (cell.ci_low, cell.ci_high) == pytest.approx((ci.low, ci.high))  # the verdict table's interval
+        (crosses,) = _artists(ax, "random edits")
+        assert len(crosses.get_offsets()) == 3 and crosses.get_facecolor()[0][:3] == pytest.approx(to_rgb(viz.COLORS["random"]))
+        prompted = [line for line in ax.lines if line.get_label() == "prompted (the value stated)"]
+        assert len(prompted) == 1 and prompted[0].get_ydata()[0] == pytest.approx(cell.prompted_shift)
+        assert prompted[0].get_linestyle() == "--"
 
 
 def test_leakage_heatmap(validation):
@@ -239,6 +332,20 @@ def test_leakage_heatmap(validation):
     assert norm.vmin == pytest.approx(-norm.vmax)  # diverging, centred at 0
     assert len(ax.patches) == 2  # the steered dimension's own cells are outlined
     assert "gamma = 0.5" in viz.leakage_heatmap(validation, gamma=0.5).axes[0].get_title()
+
+
+def test_leakage_heatmap_at_a_kl_target(matched):
+    t = matched.table
+    ax = viz.leakage_heatmap(matched).axes[0]  # default: the first KL target
+    assert "matched to KL 0.001" in ax.get_title()
+    base = t[(t.source == "none") & (t.metric == "orientation")].set_index("measured").value
+    measured = list(base.index)
+    edited = t[(t.source == "value") & (t.metric == "orientation") & (t.direction == "+")].set_index("measured").value
+    np.testing.assert_allclose(ax.images[0].get_array()[0], edited[measured] - base[measured])
+    with pytest.raises(ValueError, match="KL target 0.5 is not in the validation table"):
+        viz.leakage_heatmap(matched, kl_target=0.5)
+    with pytest.raises(ValueError, match="give gamma or kl_target, not both"):
+        viz.leakage_heatmap(matched, gamma=1.0, kl_target=0.001)
 
 
 def test_figures_from_a_saved_validation(tmp_path, validation):
@@ -282,10 +389,12 @@ def test_figures_of_a_comparison_pick_one_selector(validation):
         viz.shift_vs_kl(both)
     with pytest.raises(ValueError, match="selector 'probe' is not in the table"):
         viz.shift_vs_kl(both, selector="probe")
-    (ax,) = viz.shift_vs_kl(both, selector="lape").axes
+    ax = viz.shift_vs_kl(both, selector="lape").axes[0]  # toward +
     paper = summarise(both).query("selector == 'lape' and mode == 'paper' and direction == '+'").sort_values("gamma")
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), paper["shift"], atol=1e-12)
-    assert len(ax.collections[0].get_offsets()) == 2 * 3  # the shared random controls
+    (line,) = _artists(ax, "value edit toward +")
+    np.testing.assert_allclose(line.get_ydata(), paper["shift"], atol=1e-12)
+    (crosses,) = _artists(ax, "random edits")
+    assert len(crosses.get_offsets()) == 2 * 3  # the shared random controls
     assert len(viz.orientation_vs_gamma(both, "Conservation", selector="delta", size=8).axes) == 2
 
 
@@ -300,6 +409,57 @@ def test_figure_to_data_uri_and_jupyter_png(located):
     assert fig._repr_png_()[:4] == b"\x89PNG"  # shown by Jupyter without a pyplot backend
     with pytest.raises(TypeError, match="matplotlib Figure"):
         viz.figure_to_data_uri("not a figure")
+
+
+def _every_figure(located, validation, matched, comparison):
+    yield "neurons_per_layer", viz.neurons_per_layer(located)
+    yield "score_distribution", viz.score_distribution(located, "Conservation")
+    yield "overlap_heatmap", viz.overlap_heatmap(located)
+    yield "matched_effects", viz.matched_effects(matched)
+    yield "shift_vs_kl", viz.shift_vs_kl(validation)
+    yield "orientation_vs_gamma", viz.orientation_vs_gamma(validation, "Conservation")
+    yield "cost_vs_gamma", viz.cost_vs_gamma(validation)
+    yield "leakage_heatmap", viz.leakage_heatmap(matched)
+    for name, fig in viz.compare_figures(comparison).items():
+        yield f"compare_{name}", fig
+
+
+def test_every_figure_is_legible_captioned_and_fits_the_report(located, validation, matched, comparison):
+    """Issue 16: tiny text and legends over the data. Every figure: no wider than the report's column (where
+    it is shown at its own size), no text under FONT_SIZE pt, legends outside the panels, a caption."""
+    from matplotlib.text import Text
+
+    names = []
+    for name, fig in _every_figure(located, validation, matched, comparison):
+        names.append(name)
+        png = fig._repr_png_()  # draws the figure, so every tick label exists
+        assert int.from_bytes(png[16:20], "big") / fig.dpi <= viz.MAX_WIDTH + 0.05, f"{name} is wider than the report"
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < viz.FONT_SIZE}
+        assert not small, f"{name}: text below {viz.FONT_SIZE} pt: {small}"
+        assert all(ax.get_legend() is None for ax in fig.axes), f"{name}: a legend inside a panel, over the data"
+        assert fig.caption == viz.CAPTIONS[name] and fig.caption.endswith(".")
+    assert sorted(names) == sorted(viz.CAPTIONS)  # every caption belongs to a figure
+
+
+def test_figure_html_shows_the_figure_at_its_own_size_with_its_caption(located):
+    fig = viz.overlap_heatmap(located)
+    page = viz.figure_html(fig, dpi=144)
+    uri = re.search(r'src="(data:image/png;base64,[^"]+)"', page).group(1)
+    png = base64.b64decode(uri.split(",", 1)[1])
+    css_width = float(re.search(r"width: (\d+)px", page).group(1))
+    assert css_width == pytest.approx(int.from_bytes(png[16:20], "big") * 96 / 144, abs=0.5) and css_width <= 96 * viz.MAX_WIDTH
+    assert f">{html.escape(viz.CAPTIONS['overlap_heatmap'])}</figcaption>" in page
+    assert "max-width: 100%" in page and page.count("src=") == 1 and not REMOTE_SCRIPT.search(page)
+
+
+def test_the_colour_convention_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "validation.md").read_text(encoding="utf-8")
+    section = doc[doc.index("Reading the figures") :]
+    for key, colour in viz.COLORS.items():
+        assert f"`{colour}`" in section, f"docs/validation.md does not state the colour of {key!r} ({colour})"
 
 
 def test_no_pyplot_state():

@@ -134,7 +134,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from vlens.locate import LocateResult
     from vlens.pipeline import check_run_dir
     from vlens.selectors import compare
-    from vlens.viz import compare_figures, figure_to_data_uri
+    from vlens.viz import compare_figures, figure_html
 
     meta = check_run_dir(args.run_dir)
     folder = Path(args.run_dir)
@@ -151,7 +151,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                      data=data, prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
     out = result.save(folder / "compare")
     for name, fig in compare_figures(result).items():
-        atomic_write_text(out / f"{name}.html", f'<img src="{figure_to_data_uri(fig)}">')
+        atomic_write_text(out / f"{name}.html", figure_html(fig))
     print(result.summary().to_string(index=False))
     print(f"\ncomparison: {out}")
     return 0

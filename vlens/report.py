@@ -70,7 +70,7 @@ def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
     """What the verdict table is, how many items and random edits it rests on, and what the sizes allow."""
     if summary.empty:
         return "No verdict: the validation has no value edits."
-    first = summary.iloc[0]
+    first = _at_level(summary, None).iloc[0]  # the row of the level verdict_table shows
     where = f"at matched cost (KL {first['at']:g} nats/token on neutral text)" if first.level == "kl" else f"at gamma {first['at']:g}"
     n_items, n_null = int(first.n_items), int(first.n_null)
     text = (f"Value edits against {n_null} random edits {where}, on {n_items} held-out dilemmas per dimension "
@@ -288,6 +288,8 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
 
     if validation is not None:
         parts = ["<h2>Causal validation: every cell and level</h2>", _fmt(validation.summary()).to_html(index=False, classes="table"),
+                 *(["<h3>Leakage into the other values</h3>", _img(viz.leakage_heatmap(validation))]
+                   if (validation.table.metric == "orientation").any() else []),
                  "<h3>Circumplex check</h3>", _fmt(validation.circumplex()).to_html(index=False, classes="table"),
                  "<h3>Dose calibration</h3>", _fmt(validation.calibration).to_html(index=False, classes="table")]  # fmt: skip
         sections.append("\n".join(parts))
@@ -379,10 +381,10 @@ def write_sweep_report(folder: str | os.PathLike, table: pd.DataFrame, *, title:
 
 
 def _img(fig: Any) -> str:
+    """The figure at its own size (legible fonts, at most the page's width) with its caption underneath."""
     from vlens import viz
 
-    uri = viz.figure_to_data_uri(fig)
-    return f'<img src="{uri}" style="max-width:100%">'
+    return viz.figure_html(fig)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -392,6 +394,8 @@ body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
 pre {{ background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }}
 table.table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
 table.table td, table.table th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+table.table {{ display: block; max-width: 100%; overflow-x: auto; }}
+table.verdict td:nth-child(-n+3), table.verdict th:nth-child(-n+3) {{ text-align: left; }}
 section {{ border-top: 1px solid #ddd; margin-top: 2em; }}
 </style></head>
 <body><h1>{title}</h1>

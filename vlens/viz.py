@@ -9,12 +9,20 @@ Three kinds of output:
 - **figures of a locate run** (matplotlib): :func:`neurons_per_layer`,
   :func:`score_distribution`, :func:`overlap_heatmap`;
 - **figures of a validation or a comparison** (matplotlib, any :mod:`vlens.experiment` table; ``selector=``
-  and ``size=`` pick one of a comparison's): :func:`orientation_vs_gamma`, :func:`cost_vs_gamma`,
-  :func:`shift_vs_kl`, :func:`leakage_heatmap`.
+  and ``size=`` pick one of a comparison's): :func:`matched_effects` (the verdict at matched KL),
+  :func:`shift_vs_kl`, :func:`orientation_vs_gamma`, :func:`cost_vs_gamma`, :func:`leakage_heatmap`,
+  :func:`compare_figures`.
+
+Every figure follows one colour convention, :data:`COLORS` (blue: toward the ``+`` pole, red: toward
+the ``-`` pole, grey: random edits, black dashed: the prompted control, black dotted: the unedited
+model, teal and ochre: the steering and dense controls), keeps its text at :data:`FONT_SIZE` pt or
+more and its legend outside the data, is at most :data:`MAX_WIDTH` inches wide (the report's text
+column, where :func:`figure_html` shows it at its own size), and carries a one-sentence ``caption``
+saying what to look for (:data:`CAPTIONS`).
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through pyplot, so
 nothing here touches pyplot's global state or opens a window: a figure is shown when it is
-the value of a Jupyter cell, and :func:`figure_to_data_uri` / :func:`circuitsvis_html` turn
+the value of a Jupyter cell, and :func:`figure_html`, :func:`figure_to_data_uri` and :func:`circuitsvis_html` turn
 either kind into self-contained HTML with no network access (the circuitsvis JavaScript is
 inlined, never loaded from a CDN).
 """
@@ -22,16 +30,18 @@ inlined, never loaded from a CDN).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -47,25 +57,68 @@ from vlens.models import model_info, tokenize
 from vlens.runner import Batch, activation_fn, check_layers, forward, resolve_hook
 from vlens.values import POLES
 
-POLE_COLORS = {"+": "#1f77b4", "-": "#d62728"}  # blue: toward the value, red: toward its reversed aspect
-_POLE_LIGHT = {"+": "#9ecae1", "-": "#fc9f9a"}
-_MODE_STYLE = {
-    "paper": {"color": "#1f77b4", "marker": "o", "ls": "-", "label": "value edit (paper: clamp + boost)"},
-    "boost_only": {"color": "#2ca02c", "marker": "s", "ls": "--", "label": "boost only"},
+# One colour convention for every figure, stated in docs/validation.md ("Reading the figures").
+COLORS: dict[str, str] = {
+    "+": "#1f77b4",  # blue: a value edit toward the + pole (the value), and the + neuron set
+    "-": "#d62728",  # red: a value edit toward the - pole (its reversed aspect), and the - neuron set
+    "random": "#8c8c8c",  # grey: size-matched random edits, the null every value edit is judged against
+    "prompted": "#000000",  # black dashed line: the prompted control, the value stated in the prompt
+    "steering": "#2a9d8f",  # teal triangles: the steering-vector control
+    "dense": "#e09f00",  # ochre squares: the dense MLP control
+    "boost_only": "#2ca02c",  # green: the value edit's boost alone (an ablation)
+    "clamp_only": "#9467bd",  # purple: its clamp alone (an ablation)
+    "unedited": "#000000",  # black dotted line: the unedited model (a shift of 0)
 }
-_CLAMP_COLOR = "#9467bd"
-_RANDOM_COLOR = "0.45"
-_SCORE_LABELS = {
-    "delta": "delta = P(a>0 | +) - P(a>0 | -)",
-    "mean_diff": "mean activation (+) - mean activation (-)",
-    "cohens_d": "Cohen's d (+ vs -)",
-    "welch_t": "Welch t (+ vs -)",
-    "entropy": "entropy of activation probability over the poles",
+POLE_COLORS = {pole: COLORS[pole] for pole in POLES}
+# Selectors of a comparison: none blue, red or grey, which already mean a pole or the random null
+# (the `random` selector draws random sets, so it is grey like the null).
+SELECTOR_COLORS = ("#7570b3", "#e7298a", "#66a61e", "#a6761d", "#ff7f00", "#6a3d9a", "#b15928", "#17becf")
+FAMILY_STYLE = {  # the marker of each family in the figures that show several; colours from COLORS
+    "random": {"marker": "x", "color": COLORS["random"], "label": "random edits"},
+    "steering": {"marker": "^", "color": COLORS["steering"], "label": "steering vector (control)"},
+    "dense": {"marker": "s", "color": COLORS["dense"], "label": "dense MLP edit (control)"},
+}
+_PROMPTED_LINE = {"color": COLORS["prompted"], "ls": "--", "lw": 1.3, "label": "prompted (the value stated)"}
+_UNEDITED_LINE = {"color": COLORS["unedited"], "ls": ":", "lw": 1.3, "label": "unedited model"}
+FONT_SIZE = 10  # pt: the smallest text in any figure
+# Inches: the report's text column (1,056 CSS px at 96 px per inch). No figure is wider, and the report
+# shows each at its own size, so FONT_SIZE pt in a figure reads as FONT_SIZE pt in the report.
+MAX_WIDTH = 11.0
+_RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": FONT_SIZE, "ytick.labelsize": FONT_SIZE,
+       "legend.fontsize": FONT_SIZE, "legend.title_fontsize": FONT_SIZE, "figure.titlesize": 13}  # fmt: skip
+
+CAPTIONS: dict[str, str] = {  # what to look for, one sentence per figure: the report prints it underneath
+    "matched_effects": "A value edit that carries its value stands above the grey random edits at the same KL, its 95% "
+    "interval clear of them and reaching toward the dashed prompted line; a dot inside the grey cloud does no better "
+    "than random neurons.",
+    "shift_vs_kl": "Steering rather than breaking: at the same KL cost, a value edit should move its dimension further "
+    "toward its pole than the grey random edits do.",
+    "orientation_vs_gamma": "The coloured value edit should pull away from the grey random edits as gamma grows, toward "
+    "its own pole (up for +, down for -); the dotted line is the unedited model, the dashed one the prompted control.",
+    "cost_vs_gamma": "Value edits should cost about as much KL as the grey random edits at the same gamma; where they "
+    "cost more, compare effects at matched KL (the verdict figure), not at equal gamma.",
+    "leakage_heatmap": "The outlined cells, the steered dimension itself, should hold the strongest colour; colour "
+    "elsewhere is leakage into other values (blue: toward that dimension's + pole, red: toward its - pole).",
+    "neurons_per_layer": "Which layers each set comes from (blue: + set, red: - set); the ranking is over the whole "
+    "model, so a peak marks the layers where the two poles' prompts differ most.",
+    "score_distribution": "The coloured sets should sit in the far tails of the grey distribution of every neuron; a "
+    "cut-off inside the grey bulk selects neurons whose scores may differ by chance.",
+    "overlap_heatmap": "Sets of different dimensions should share few neurons, except opposing poles of opposing "
+    "dimensions (Openness_to_Change + with Conservation -), which theory predicts to overlap.",
+    "compare_shift_by_size": "A selector that finds neurons that matter stays above the grey random band at every "
+    "neuron budget; a line inside the band does no better than random sets of the same size.",
+    "compare_shift_vs_kl": "The better selector moves its dimension further toward the pole for the same KL, above "
+    "the grey random edits.",
+    "compare_overlap": "How far the selectors agree: a Jaccard near 1 means they pick the same neurons, near 0 "
+    "different ones.",
 }
 
 
 class _Figure(Figure):
-    """A matplotlib Figure that Jupyter shows as PNG even when no pyplot backend is active."""
+    """A matplotlib Figure that Jupyter shows as PNG even when no pyplot backend is active; ``caption``
+    says in one sentence what to look for (:func:`figure_html` prints it under the figure)."""
+
+    caption: str = ""
 
     def _repr_png_(self) -> bytes:
         buf = io.BytesIO()
@@ -74,7 +127,81 @@ class _Figure(Figure):
 
 
 def _figure(width: float, height: float) -> Figure:
-    return _Figure(figsize=(width, height), layout="constrained")
+    return _Figure(figsize=(min(width, MAX_WIDTH), height), layout="constrained")
+
+
+def _styled(name: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
+    """Build a figure under the shared font sizes (:data:`_RC`) and give it its caption, ``CAPTIONS[name]``."""
+
+    def wrap(build: Callable[..., Figure]) -> Callable[..., Figure]:
+        @functools.wraps(build)
+        def styled(*args: Any, **kwargs: Any) -> Figure:
+            with matplotlib.rc_context(_RC):
+                fig = build(*args, **kwargs)
+                return _finish(fig, name)
+
+        return styled
+
+    return wrap
+
+
+def _finish(fig: Figure, name: str) -> Figure:
+    # Tick labels are made again at draw time, after the rc context has closed: fix their size on each axes.
+    for ax in fig.axes:
+        ax.tick_params(labelsize=FONT_SIZE)
+    fig.caption = CAPTIONS[name]
+    return fig
+
+
+def _legend_below(fig: Figure, *, ncols: int = 3) -> None:
+    """One legend for the whole figure, under the panels (never over the data), each label once."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(ncols, len(handles)),
+                   frameon=False)  # fmt: skip
+
+
+def _null(ax: Any, x: Any, y: Any, levels: Any = None, *, errorbar_dx: float = 0.0) -> None:
+    """Random edits as grey crosses, and per dose level their mean +/- sd (ddof=1) as an error bar,
+    drawn ``errorbar_dx`` to the right of the crosses' mean position (beside a value edit at the same x)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if not len(y):
+        return
+    ax.scatter(x, y, marker="x", s=30, lw=1.2, color=COLORS["random"], zorder=2, label="random edits")
+    codes = np.zeros(len(y), dtype=int) if levels is None else pd.factorize(pd.Series(list(levels)))[0]
+    for code in np.unique(codes):
+        sel = codes == code
+        if sel.sum() >= 2:
+            ax.errorbar([x[sel].mean() + errorbar_dx], [y[sel].mean()], yerr=[y[sel].std(ddof=1)], fmt="_", ms=16, mew=2,
+                        capsize=5, lw=2, color=COLORS["random"], zorder=2, label="random edits: mean ± sd")  # fmt: skip
+
+
+def _compact_ticks(axis: Any, nbins: int = 3) -> None:
+    """At most ``nbins`` ticks written out in full (no offset or 1e-3 above the axis): matched KLs differ
+    only in their third digit, and many long tick labels overlap at a legible size."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    axis.set_major_locator(MaxNLocator(nbins=nbins))
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+
+
+def _hide_unused(fig: Figure, axes: Any, used: int) -> None:
+    for ax in list(np.ravel(axes))[used:]:
+        fig.delaxes(ax)
+
+
+_SCORE_LABELS = {
+    "delta": "delta = P(a>0 | +) - P(a>0 | -)",
+    "mean_diff": "mean activation (+) - mean activation (-)",
+    "cohens_d": "Cohen's d (+ vs -)",
+    "welch_t": "Welch t (+ vs -)",
+    "entropy": "entropy of activation probability over the poles",
+}
 
 
 # ============================================================================ token views
@@ -287,6 +414,15 @@ def neuron_tokens(
 # ---------------------------------------------------------------------------- circuitsvis plumbing
 
 
+class _LocalHTML(RenderedHTML):
+    """A circuitsvis ``RenderedHTML`` that Jupyter always shows from its inlined bundle: circuitsvis' own
+    ``_repr_html_`` probes google.com and, if that answers, loads the bundle from a CDN instead, so a
+    notebook saved with its outputs would need the network to show them."""
+
+    def _repr_html_(self) -> str:
+        return self.local_src
+
+
 @lru_cache(maxsize=1)
 def _circuitsvis_js() -> str:
     """The circuitsvis browser bundle that its own ``render_local`` inlines (read from the installed package)."""
@@ -331,7 +467,7 @@ def _render_many(
     cdn = (f'<div class="vlens-circuitsvis">\n{body}\n<script crossorigin type="module">\n'
            f'import {{ render, {element} }} from "https://unpkg.com/circuitsvis@{cv_version}/dist/cdn/esm.js";\n'
            f"{calls}\n</script>\n</div>")  # fmt: skip
-    return RenderedHTML(local, cdn)
+    return _LocalHTML(local, cdn)
 
 
 _REMOTE_SCRIPT = re.compile(
@@ -382,13 +518,34 @@ def share_bundle(fragments: Sequence[str]) -> list[str]:
     return out
 
 
-def figure_to_data_uri(fig: Figure, *, dpi: int = 110) -> str:
-    """A figure as a ``data:image/png;base64,...`` URI, for ``<img src=...>`` in self-contained HTML."""
+def _png(fig: Figure, dpi: float) -> bytes:
     if not isinstance(fig, Figure):
         raise TypeError(f"expected a matplotlib Figure, got {type(fig).__name__}")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def figure_to_data_uri(fig: Figure, *, dpi: int = 110) -> str:
+    """A figure as a ``data:image/png;base64,...`` URI, for ``<img src=...>`` in self-contained HTML."""
+    return "data:image/png;base64," + base64.b64encode(_png(fig, dpi)).decode("ascii")
+
+
+def figure_html(fig: Figure, *, dpi: int = 144) -> str:
+    """A figure as self-contained HTML: a ``<figure>`` with the PNG inline and its caption underneath.
+
+    The image is shown at its own size in CSS inches (96 px each; ``dpi`` only sets its sharpness),
+    at most the page's width, so a 10 pt label reads as 10 pt in the report. The caption is the
+    figure's ``caption`` (every figure of this module has one), if any.
+    """
+    png = _png(fig, dpi)
+    width = int.from_bytes(png[16:20], "big") * 96 / dpi  # the IHDR chunk's width, in pixels
+    caption = getattr(fig, "caption", "")
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (f'<figure class="vlens-figure" style="margin: 1em 0;"><img src="{uri}" alt="{html.escape(caption)}" '
+            f'style="width: {width:.0f}px; max-width: 100%; height: auto;">'
+            + (f'<figcaption style="font-size: 14px; color: #333; margin-top: .3em;">{html.escape(caption)}</figcaption>'
+               if caption else "") + "</figure>")  # fmt: skip
 
 
 # ============================================================================ figures of a locate run
@@ -410,6 +567,7 @@ def _resolve_dimension(dimension: str, available: Sequence[str], what: str) -> s
     raise ValueError(f"unknown dimension {dimension!r}: {what} has {', '.join(available) or 'none'}")
 
 
+@_styled("neurons_per_layer")
 def neurons_per_layer(result: LocateResult, dimension: str | None = None) -> Figure:
     """Bars of how many neurons each pole's set has in every layer (one panel per dimension)."""
     dims = [_resolve_dimension(dimension, result.dimensions, "this locate result")] if dimension else result.dimensions
@@ -417,32 +575,31 @@ def neurons_per_layer(result: LocateResult, dimension: str | None = None) -> Fig
         raise ValueError("this locate result has no dimensions")
     sets = [[result.neuron_sets.get(f"{d}:{p}") for p in POLES] for d in dims]
     n_layers = max(s.n_layers for row in sets for s in row if s is not None)
-    fig = _figure(max(6.0, 0.22 * n_layers + 2), 0.8 + 2.3 * len(dims))
+    fig = _figure(max(6.0, 0.22 * n_layers + 2), 1.2 + 2.2 * len(dims))
     axes = fig.subplots(len(dims), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(n_layers)
-    legend = {}
+    names = {"+": "+ set (the value)", "-": "- set (its reversed aspect)"}
     for ax, d, row in zip(axes, dims, sets, strict=True):
         sizes = []
         for j, (pole, ns) in enumerate(zip(POLES, row, strict=True)):
             if ns is None:
                 continue
             counts = ns.counts_per_layer().numpy()
-            bars = ax.bar(x + (j - 0.5) * 0.4, np.pad(counts, (0, n_layers - len(counts))), width=0.4,
-                          color=POLE_COLORS[pole])  # fmt: skip
-            legend.setdefault(pole, bars)
+            ax.bar(x + (j - 0.5) * 0.4, np.pad(counts, (0, n_layers - len(counts))), width=0.4, color=POLE_COLORS[pole],
+                   label=names[pole])  # fmt: skip
             sizes.append(f"{pole}: {len(ns)}")
-        ax.set_title(f"{d} ({', '.join(sizes)} neurons)", fontsize="medium")
+        ax.set_title(f"{d} ({', '.join(sizes)} neurons)")
         ax.set_ylabel("neurons")
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xlabel("layer")
-    names = {"+": "+ set (the value)", "-": "- set (its reversed aspect)"}
-    fig.legend(list(legend.values()), [names[p] for p in legend], loc="outside lower center", ncols=2, fontsize="small")
-    fig.suptitle("Selected neurons per layer", fontsize="large")
+    _legend_below(fig, ncols=2)
+    fig.suptitle("Selected neurons per layer")
     step = max(1, math.ceil(n_layers / 30))
     axes[-1].set_xticks(x[::step])
     return fig
 
 
+@_styled("score_distribution")
 def score_distribution(result: LocateResult, dimension: str, *, score: str = "delta", bins: int = 80, log: bool = True) -> Figure:
     """Histogram of one score over every neuron, the selected neurons of each pole overlaid.
 
@@ -464,7 +621,7 @@ def score_distribution(result: LocateResult, dimension: str, *, score: str = "de
     flat = flat[torch.isfinite(flat)].numpy()
     if not len(flat):
         raise ValueError(f"score {score!r} of {dim} has no finite values")
-    fig = _figure(7.5, 4.2)
+    fig = _figure(9.0, 4.8)
     ax = fig.subplots()
     edges = np.histogram_bin_edges(flat, bins=bins)
     ax.hist(flat, bins=edges, color="0.75", label=f"all {len(flat):,} neurons")
@@ -490,11 +647,12 @@ def score_distribution(result: LocateResult, dimension: str, *, score: str = "de
     ax.set_xlabel(_SCORE_LABELS.get(score, score))
     ax.set_ylabel("neurons" + (" (log scale)" if log else ""))
     rule = sel.rule + (f" k={sel.k}" if sel.rule in {"paper", "top_k"} else "") + (", per layer" if sel.per_layer else "")
-    ax.set_title(f"{dim}: {score} of every neuron (selection: {rule}, by {sel.score})", fontsize="medium")
-    ax.legend(fontsize="small")
+    ax.set_title(f"{dim}: {score} of every neuron (selection: {rule}, by {sel.score})")
+    _legend_below(fig, ncols=3)
     return fig
 
 
+@_styled("overlap_heatmap")
 def overlap_heatmap(result: LocateResult) -> Figure:
     """Jaccard overlap between every two neuron sets, each cell annotated (shared neurons in brackets)."""
     names = list(result.neuron_sets)
@@ -503,17 +661,18 @@ def overlap_heatmap(result: LocateResult) -> Figure:
     masks = [result.neuron_sets[n].mask() for n in names]
     jac = np.array([[result.neuron_sets[a].jaccard(result.neuron_sets[b]) for b in names] for a in names])
     shared = np.array([[int((ma & mb).sum()) for mb in masks] for ma in masks])
-    size = 1.6 + 0.95 * len(names)
-    fig = _figure(size + 1.4, size)
+    cell = min(0.95, (MAX_WIDTH - 4.2) / len(names))  # room for the row labels and the colour bar
+    size = 1.8 + cell * len(names)
+    fig = _figure(size + 2.4, size)
     ax = fig.subplots()
     im = ax.imshow(jac, cmap="viridis", vmin=0.0, vmax=1.0)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{jac[i, j]:.2f}\n({shared[i, j]})", ha="center", va="center", fontsize="small",
+            ax.text(j, i, f"{jac[i, j]:.2f}\n({shared[i, j]})", ha="center", va="center", fontsize=FONT_SIZE,
                     color="black" if jac[i, j] > 0.6 else "white")  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
     ax.set_yticks(range(len(names)), names)
-    ax.set_title("Jaccard overlap of the neuron sets (shared neurons)", fontsize="medium")
+    ax.set_title("Jaccard overlap of the neuron sets (shared neurons)")
     fig.colorbar(im, ax=ax, label="Jaccard index", shrink=0.8)
     return fig
 
@@ -531,6 +690,16 @@ def _table(result: Any, selector: str | None = None, size: int | None = None) ->
     controls = experiment.controls(t[(t.source == "random") & sized], selector)
     keep = ~t.source.isin(["value", "random"]) | ((t.source == "value") & (t.selector == selector) & sized)
     return t[keep | t.index.isin(controls.index)]
+
+
+def _by_gamma(t: pd.DataFrame) -> pd.DataFrame:
+    """The rows of edits dosed by hand (a gamma). Edits matched to a KL target each have their own
+    gamma, so gamma is no common axis for them."""
+    by_hand = t.target_kl.isna()
+    if not (by_hand & t.source.isin(["value", "random"])).any():
+        raise ValueError("every edit of this validation was dosed to a KL target, so the edits share no gamma axis; "
+                         "draw viz.matched_effects or viz.shift_vs_kl, or validate with gammas=[...]")  # fmt: skip
+    return t[by_hand]
 
 
 def _pick(values: pd.Series, want: Any, name: str) -> Any:
@@ -565,36 +734,59 @@ def _directions(rows: pd.DataFrame) -> list[str]:
     return [d for d in POLES if d in present] + [d for d in present if d not in POLES and d]
 
 
-def _random_band(ax: Any, rows: pd.DataFrame, color: Any, alpha: float, label: str, **line: Any) -> None:
-    """The random edits' mean per gamma and a band of +/- sd (ddof=1; 0 with one seed)."""
-    if len(rows):
-        g = rows.groupby("gamma")["value"].agg(["mean", "std"]).sort_index().fillna(0.0)
-        ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=alpha, lw=0)
-        ax.plot(g.index, g["mean"], color=color, lw=1, label=f"{label}: mean +/- sd ({rows.seed.nunique()} seeds)", **line)
-
-
 def _baseline(t: pd.DataFrame, metric: str, measured: str) -> float:
     b = t[(t.source == "none") & (t.metric == metric) & (t.measured == measured)]["value"]
     return float(b.mean()) if len(b) else math.nan
 
 
 def _direction_title(dim: str, direction: str) -> str:
-    return {"+": f"steered toward {dim} + (the value)", "-": f"steered toward {dim} - (its reversed aspect)"}.get(
-        direction, f"steered {direction}"
-    )
+    return {"+": f"{dim} toward + (the value)", "-": f"{dim} toward - (its reversed aspect)"}.get(direction, f"{dim} {direction}")
 
 
+def _gamma_axis(ax: Any, series: dict[str, tuple[pd.DataFrame, dict[str, Any]]], rnd: pd.DataFrame, gammas: list[float]) -> None:
+    """Edits against gamma. Several gammas: each value edit a line, the random edits a grey band of
+    mean +/- sd with their crosses. One gamma: a band would have no width, so the edits stand side by
+    side (one tick each) and the random edits beside them as crosses with their mean +/- sd."""
+    if len(gammas) == 1:
+        shown = [(rows, style) for rows, style in series.values() if len(rows)]
+        labels = [style["tick"] for _, style in shown]
+        for i, (rows, style) in enumerate(shown):
+            ax.scatter([i] * len(rows), rows.value, s=70, zorder=3, color=style["color"], marker=style.get("marker", "o"),
+                       label=style["label"])  # fmt: skip
+        if len(rnd):
+            i = len(labels)
+            _null(ax, i + np.linspace(-0.12, 0.12, len(rnd)), rnd.value, errorbar_dx=0.3)
+            labels.append("random edits")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.6, len(labels) - 0.1)
+        ax.set_xlabel(f"every edit at gamma {gammas[0]:g}")
+        return
+    if len(rnd):
+        g = rnd.groupby("gamma")["value"].agg(["mean", "std"]).sort_index().fillna(0.0)
+        ax.fill_between(g.index, g["mean"] - g["std"], g["mean"] + g["std"], color=COLORS["random"], alpha=0.25, lw=0)
+        ax.plot(g.index, g["mean"], color=COLORS["random"], lw=1.5, label="random edits: mean ± sd")
+        ax.scatter(rnd.gamma, rnd.value, marker="x", s=20, lw=1, color=COLORS["random"], label="random edits")
+    for rows, style in series.values():
+        if len(rows):
+            ax.plot(rows.gamma, rows.value, color=style["color"], marker=style.get("marker", "o"), ls=style.get("ls", "-"),
+                    label=style["label"])  # fmt: skip
+    ax.set_xlabel("gamma")
+
+
+@_styled("orientation_vs_gamma")
 def orientation_vs_gamma(
     validation: Any, dimension: str, *, metric: str = "orientation", selector: str | None = None, size: int | None = None
 ) -> Figure:
     """The steered dimension's ``metric`` against gamma, one panel per steering direction.
 
-    Each panel: the value edit (paper mode), its boost-only half, the clamp-only half
-    (gamma-free: a horizontal dotted line), the size-matched random edits' mean +/- sd over
-    seeds (grey band) and the unedited model (dashed). Model-wide metrics (``kl``,
-    ``perplexity``, ``position_bias_A``) are drawn the same way.
+    Each panel: the value edit (paper mode) in its pole's colour, its boost-only half, the
+    clamp-only half (gamma-free: a horizontal line), the size-matched random edits (grey: a band of
+    mean +/- sd over seeds, or with one gamma their crosses and an error bar beside the value
+    edit), the unedited model (dotted) and the prompted control (dashed). Model-wide metrics
+    (``kl``, ``perplexity``, ``position_bias_A``) are drawn the same way. Only edits dosed by
+    hand count: edits matched to a KL target have no common gamma.
     """
-    t = _table(validation, selector, size)
+    t = _by_gamma(_table(validation, selector, size))
     _check_metric(t, metric)
     dim = _resolve_dimension(dimension, _steered(t), "the validation table (steered)")
     model_wide = (t.loc[t.metric == metric, "measured"] == "").all()
@@ -604,172 +796,256 @@ def orientation_vs_gamma(
         have = sorted(set(t.loc[t.metric == metric, "measured"]) - {""})
         raise ValueError(f"metric {metric!r} has no values for {dim} (it is measured on {', '.join(have) or 'nothing'})")
     directions = _directions(rows)
-    fig = _figure(1.0 + 5.0 * len(directions), 4.6)
+    fig = _figure(1.0 + 4.8 * len(directions), 4.6)
     axes = fig.subplots(1, len(directions), sharey=True, squeeze=False)[0]
     base = _baseline(t, metric, measured)
     for ax, direction in zip(axes, directions, strict=True):
         sub = rows[rows.direction == direction]
-        _random_band(ax, sub[sub.source == "random"], _RANDOM_COLOR, 0.25, "random sets")
-        for mode, style in _MODE_STYLE.items():
-            v = sub[(sub.source == "value") & (sub["mode"] == mode)].sort_values("gamma")
-            if len(v):
-                ax.plot(v.gamma, v.value, **style)
-        clamp = sub[(sub.source == "value") & (sub["mode"] == "clamp_only")]
-        if len(clamp):
-            ax.axhline(float(clamp.value.mean()), color=_CLAMP_COLOR, ls=":", lw=2, label="clamp only (no gamma)")
+        value = sub[sub.source == "value"]
+        series = {
+            "paper": (value[value["mode"] == "paper"].sort_values("gamma"),
+                      {"color": POLE_COLORS.get(direction, COLORS["+"]), "label": f"value edit toward {direction}",
+                       "tick": "value edit"}),
+            "boost_only": (value[value["mode"] == "boost_only"].sort_values("gamma"),
+                           {"color": COLORS["boost_only"], "marker": "s", "ls": "--", "label": "boost only", "tick": "boost only"}),
+        }  # fmt: skip
+        gammas = sorted(set(sub.loc[sub.source.isin(["value", "random"]) & (sub["mode"] != "clamp_only"), "gamma"].dropna()))
+        clamp = value[value["mode"] == "clamp_only"]
+        if len(gammas) == 1 and len(clamp):  # gamma-free, so one more edit side by side
+            series["clamp_only"] = (clamp, {"color": COLORS["clamp_only"], "marker": "D", "label": "clamp only", "tick": "clamp only"})
+        elif len(clamp):
+            ax.axhline(float(clamp.value.mean()), color=COLORS["clamp_only"], ls="-.", lw=2, label="clamp only")
+        _gamma_axis(ax, series, sub[sub.source == "random"], gammas)
+        prompted = t[(t.source == "prompted") & (t.direction == direction) & (t.metric == metric) & (t.measured == measured)]
+        if measured and len(prompted):
+            ax.axhline(float(prompted.value.mean()), **_PROMPTED_LINE)
         if math.isfinite(base):
-            ax.axhline(base, color="black", ls="--", lw=1, label="unedited")
-        ax.set_title(_direction_title(dim, direction), fontsize="medium")
-        ax.set_xlabel("gamma")
+            ax.axhline(base, **_UNEDITED_LINE)
+        ax.set_title(_direction_title(dim, direction))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric}" + (f" of {dim}" if measured else ""))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize="small")
-    fig.suptitle(f"{dim}: {metric} against gamma", fontsize="large")
+    _legend_below(fig, ncols=3)
+    fig.suptitle(f"{dim}: {metric} against gamma")
     return fig
 
 
+@_styled("cost_vs_gamma")
 def cost_vs_gamma(validation: Any, *, metric: str = "kl", selector: str | None = None, size: int | None = None) -> Figure:
     """Capability cost (``kl``: mean KL divergence from the unedited model, nats; or ``perplexity``)
-    against gamma: value edits (paper mode) and random edits' mean +/- sd, per direction, one panel
-    per steered dimension."""
-    t = _table(validation, selector, size)
+    against gamma, one panel per steered dimension: the value edits (paper mode) toward each pole in
+    its colour, the random edits in grey (a band of mean +/- sd, or with one gamma their crosses and
+    an error bar beside the value edits). Only edits dosed by hand count (see :func:`orientation_vs_gamma`)."""
+    t = _by_gamma(_table(validation, selector, size))
     _check_metric(t, metric, per_dimension=False)
     dims = _steered(t)
-    fig = _figure(max(6.0, 1.0 + 4.2 * len(dims)), 4.6)
-    axes = fig.subplots(1, len(dims), sharey=True, squeeze=False)[0]
+    ncols = min(2, len(dims))
+    nrows = math.ceil(len(dims) / ncols)
+    fig = _figure(1.0 + 4.8 * ncols, 1.2 + 3.4 * nrows)
+    grid = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+    _hide_unused(fig, grid, len(dims))
     base = _baseline(t, metric, "")
-    for ax, dim in zip(axes, dims, strict=True):
+    for ax, dim in zip(grid.flat, dims, strict=False):
         rows = t[(t.steered == dim) & (t.metric == metric)]
-        for direction in _directions(rows):
-            sub = rows[rows.direction == direction]
-            color = POLE_COLORS.get(direction, "C2")
-            _random_band(ax, sub[sub.source == "random"], color, 0.15, f"random sets toward {direction}", ls="--")
-            v = sub[(sub.source == "value") & (sub["mode"] == "paper")].sort_values("gamma")
-            if len(v):
-                ax.plot(v.gamma, v.value, color=color, marker="o", label=f"value edit toward {direction}")
+        # the shared null appears once per direction after expand_shared: the same edits, the same cost
+        rnd = rows[rows.source == "random"].drop_duplicates(["seed", "gamma", "value"])
+        series = {d: (rows[(rows.direction == d) & (rows.source == "value") & (rows["mode"] == "paper")].sort_values("gamma"),
+                      {"color": POLE_COLORS.get(d, COLORS["+"]), "label": f"value edit toward {d}", "tick": f"toward {d}"})
+                  for d in _directions(rows[rows.source == "value"])}  # fmt: skip
+        gammas = sorted(set(rows.loc[rows.source.isin(["value", "random"]), "gamma"].dropna()))
+        _gamma_axis(ax, series, rnd, gammas)
         if math.isfinite(base):
-            ax.axhline(base, color="black", ls=":", lw=1, label="unedited")
-        ax.set_title(dim, fontsize="medium")
-        ax.set_xlabel("gamma")
+            ax.axhline(base, **_UNEDITED_LINE)
+        ax.set_title(dim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
-    axes[0].set_ylabel("KL from the unedited model (nats)" if metric == "kl" else metric)
-    fig.suptitle(f"Capability cost ({metric}) against gamma\nvalue edits vs size-matched random edits", fontsize="large")
+    for row in grid:
+        row[0].set_ylabel("KL from the unedited model (nats)" if metric == "kl" else metric)
+    _legend_below(fig, ncols=3)
+    fig.suptitle(f"Capability cost ({metric}) against gamma")
     return fig
 
 
+def _level(labels: pd.DataFrame) -> pd.Series:
+    """Each condition's dose level: its KL target, else its hand-given gamma."""
+    return labels.target_kl.where(labels.target_kl.notna(), labels.gamma)
+
+
+@_styled("shift_vs_kl")
 def shift_vs_kl(
     validation: Any, *, metric: str = "orientation", cost: str = "kl", modes: Sequence[str] = ("paper",),
     selector: str | None = None, size: int | None = None,
 ) -> Figure:  # fmt: skip
-    """Orientation shift against capability cost, so that steering can be told from breaking.
+    """Shift against capability cost, so that steering can be told from breaking.
 
-    Every edit is one point: y is the change of the steered dimension's ``metric`` from the
-    unedited model, signed so that up means toward the steered pole; x is its ``cost`` (KL
-    from the unedited model). Value edits (``modes``, connected in gamma order, gamma
-    annotated) against the random edits of the same size (crosses). A value edit that moves
-    further than the random edits *at the same cost* is steering; one that only matches
-    them is breaking. One panel per steered dimension.
+    One row of panels per steered dimension, one column per steering direction. Every edit is
+    one point: y is the change of the steered dimension's ``metric`` from the unedited model,
+    signed so that up means toward the steered pole; x is its ``cost`` (KL from the unedited
+    model). Value edits (``modes``, in the pole's colour, connected in gamma order, gamma
+    annotated) against the random edits of the same size (grey crosses, with their mean +/- sd
+    per dose level) and the controls (steering vector, dense MLP edit) where the table has them;
+    the dashed line is the prompted control. A value edit that moves further than the random
+    edits *at the same cost* is steering; one that only matches them is breaking.
     """
     t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _check_metric(t, cost, per_dimension=False)
     dims = _steered(t)
     data = experiment.per_condition(t, metric, cost)
-    fig = _figure(max(6.0, 1.0 + 4.4 * len(dims)), 4.8)
-    axes = fig.subplots(1, len(dims), squeeze=False)[0]
+    directions = _directions(data[data.source == "value"])
+    fig = _figure(1.0 + 4.6 * len(directions), 1.4 + 2.8 * len(dims))
+    axes = fig.subplots(len(dims), len(directions), squeeze=False)
     markers = {"paper": "o", "boost_only": "s", "clamp_only": "D"}
-    for ax, dim in zip(axes, dims, strict=True):
-        rows = data[data.steered == dim]
-        for direction in _directions(rows):
-            sub = rows[rows.direction == direction]
+    for r, dim in enumerate(dims):
+        base = _baseline(t, metric, dim)
+        for c, direction in enumerate(directions):
+            ax = axes[r][c]
+            sub = data[(data.steered == dim) & (data.direction == direction)]
             rnd = sub[sub.source == "random"]
-            if len(rnd):
-                ax.scatter(rnd.cost, rnd["shift"], marker="x", s=22, color=_POLE_LIGHT.get(direction, "0.6"),
-                           label=f"random edits toward {direction}")  # fmt: skip
+            _null(ax, rnd.cost, rnd["shift"], _level(rnd))
+            for source in ("steering", "dense"):
+                ctl = sub[sub.source == source]
+                if len(ctl):
+                    style = FAMILY_STYLE[source]
+                    ax.scatter(ctl.cost, ctl["shift"], s=40, zorder=3, marker=style["marker"], color=style["color"],
+                               label=style["label"])  # fmt: skip
             for mode in modes:
                 v = sub[(sub.source == "value") & (sub["mode"] == mode)].sort_values("gamma")
                 if not len(v):
                     continue
-                ax.plot(v.cost, v["shift"], marker=markers.get(mode, "o"), color=POLE_COLORS.get(direction, "C2"),
-                        ls="-" if mode == "paper" else ":", label=f"value edit toward {direction} ({mode})")  # fmt: skip
+                ax.plot(v.cost, v["shift"], marker=markers.get(mode, "o"), ms=7, zorder=4,
+                        color=POLE_COLORS.get(direction, COLORS["+"]) if mode == "paper" else COLORS.get(mode, "0.3"),
+                        ls="-" if mode == "paper" else ":", label=f"value edit toward {direction}"
+                        + ("" if mode == "paper" else f" ({mode.replace('_', ' ')})"))  # fmt: skip
                 for g, x, y in zip(v.gamma, v.cost, v["shift"], strict=True):
-                    ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_title(dim, fontsize="medium")
-        ax.set_xlabel(f"{cost} from the unedited model" + (" (nats)" if cost == "kl" else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
-    axes[0].set_ylabel(f"{metric} shift toward the steered pole")
-    fig.suptitle(f"Effect against cost: {metric} shift vs {cost}\n(numbers next to the value edits: gamma)", fontsize="large")
+                    ax.annotate(f"γ {g:.2g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=FONT_SIZE)
+            sign = -1.0 if direction == "-" else 1.0
+            prompted = t[(t.source == "prompted") & (t.direction == direction) & (t.metric == metric) & (t.measured == dim)]
+            if len(prompted) and math.isfinite(base):
+                ax.axhline(sign * (float(prompted.value.mean()) - base), **_PROMPTED_LINE)
+            ax.axhline(0.0, **_UNEDITED_LINE)
+            ax.set_title(_direction_title(dim, direction))
+            ax.grid(alpha=0.3)
+            _compact_ticks(ax.xaxis)
+            if r == len(dims) - 1:
+                ax.set_xlabel(f"{cost} from the unedited model" + (" (nats/token)" if cost == "kl" else ""))
+        axes[r][0].set_ylabel(f"{metric} shift")
+    _legend_below(fig, ncols=3)
+    fig.suptitle(f"{metric} shift toward the steered pole against {cost}")
     return fig
 
 
-FAMILY_STYLE = {  # one convention in every figure: value edits in the pole colour, controls in fixed colours
-    "random": {"marker": "x", "color": "0.55", "label": "random edits (shared null)"},
-    "steering": {"marker": "^", "color": "#2a9d8f", "label": "steering vector (control)"},
-    "dense": {"marker": "s", "color": "#e9c46a", "label": "dense MLP edit (control)"},
-}
-
-
+@_styled("matched_effects")
 def matched_effects(validation: Any) -> Figure:
     """The verdict in one figure: per (dimension, direction), every edit's shift of the ``+`` option's
-    log-odds toward the steering direction against its KL on neutral text. Value edits (filled
-    circles) should stand above the grey random edits at the same KL; the dashed line is the
-    prompted control (the ceiling: the value stated in the prompt); controls show what a steering
-    vector or a dense MLP edit achieves at the same cost."""
+    log-odds toward the steering direction, on the held-out dilemmas of that dimension.
+
+    The value edit (a dot in its pole's colour, with the verdict table's 95% bootstrap interval over
+    items) should stand above the random edits (grey crosses, their mean +/- sd as an error bar
+    beside them); the dashed line is the prompted control (the value stated in the prompt), the
+    dotted one the unedited model; the controls show what a steering vector or a dense MLP edit
+    achieves at the same cost. The edits stand side by side: with one dose level (one KL target)
+    one tick each, naming the edit and its KL; with several (KL targets, hand-given gammas) one
+    group of ticks per level, named with the level and the KLs its edits reached.
+    """
+    from vlens.significance import paired_ci
+
     change, labels, dim_of = experiment.item_changes(validation)
     cells = labels[labels.source == "value"][["steered", "direction"]].drop_duplicates()
     if cells.empty:
         raise ValueError("no value edits in the validation table: nothing to draw")
     dims = list(dict.fromkeys(cells.steered))
-    fig = _figure(3.4 * len(dims) + 1.5, 6.4)
-    axes = fig.subplots(2, len(dims), squeeze=False)
-    for col, dim in enumerate(dims):
+    directions = _directions(cells)
+    kinds = [k for k in ("value", "random", "steering", "dense") if (labels.source == k).any()]
+    edited = labels.source.isin(kinds)
+    matched = labels.target_kl.notna()
+    level = pd.Series(np.where(matched, "KL target " + labels.target_kl.map("{:g}".format),
+                               "gamma " + labels.gamma.map("{:g}".format)), index=labels.index).where(edited)  # fmt: skip
+    by_level = labels[edited].assign(level=level).sort_values(["target_kl", "gamma"], na_position="last")
+    levels = list(dict.fromkeys(by_level.level))  # KL targets first, ascending, then hand-given gammas
+    one_level = len(levels) == 1
+    # Several levels: one group per level, the kinds of edit side by side within it.
+    offset = dict(zip(kinds, np.linspace(-0.3, 0.3, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
+    fig = _figure(1.0 + 4.6 * len(directions), 1.4 + 2.9 * len(dims))
+    axes = fig.subplots(len(dims), len(directions), squeeze=False)
+    for r, dim in enumerate(dims):
         items = dim_of.index[dim_of == dim]
-        for row, direction in enumerate("+-"):
-            ax = axes[row][col]
-            sign = -1.0 if direction == "-" else 1.0
-            shift = sign * change[items].mean(axis=1)
-            for source, style in FAMILY_STYLE.items():
-                sel = labels.source == source
-                if source != "random":
-                    sel &= (labels.steered == dim) & (labels.direction == direction)
-                if sel.any():
-                    ax.scatter(labels.kl[sel], shift[sel], marker=style["marker"], color=style["color"], s=28,
+        for c, direction in enumerate(directions):
+            ax = axes[r][c]
+            per_item = (-1.0 if direction == "-" else 1.0) * change[items]
+            shift = per_item.mean(axis=1)
+            cell = (labels.steered == dim) & (labels.direction == direction)
+            groups = {"value": (labels.source == "value") & cell, "random": labels.source == "random",
+                      "steering": (labels.source == "steering") & cell, "dense": (labels.source == "dense") & cell}  # fmt: skip
+            groups = {kind: sel for kind, sel in groups.items() if sel.any()}
+            slot = dict(zip(groups, range(len(groups)), strict=True))
+
+            def x_of(kind: str, sel: pd.Series, slot: dict[str, int] = slot) -> Any:
+                if one_level:
+                    return np.full(int(sel.sum()), float(slot[kind]))
+                return np.array([levels.index(lv) for lv in level[sel]], dtype=float) + offset[kind]
+
+            for kind, sel in groups.items():
+                if kind == "random":
+                    n = int(sel.sum())
+                    jitter = np.linspace(-0.15, 0.15, n) if one_level else np.resize(np.linspace(-0.04, 0.04, 3), n)
+                    _null(ax, x_of(kind, sel) + jitter, shift[sel], level[sel], errorbar_dx=0.3 if one_level else 0.1)
+                elif kind in FAMILY_STYLE:
+                    style = FAMILY_STYLE[kind]
+                    ax.scatter(x_of(kind, sel), shift[sel], marker=style["marker"], color=style["color"], s=50, zorder=3,
                                label=style["label"])  # fmt: skip
-            sel = (labels.source == "value") & (labels.steered == dim) & (labels.direction == direction)
-            ax.scatter(labels.kl[sel], shift[sel], color=POLE_COLORS.get(direction, "C2"), s=60, zorder=3,
-                       label=f"value edit toward {direction}")  # fmt: skip
+            if "value" in groups:
+                sel = groups["value"]
+                for cond, x in zip(labels.index[sel], x_of("value", sel), strict=True):
+                    ci = paired_ci(per_item.loc[cond].dropna().to_numpy())  # the verdict table's interval
+                    err = [[ci.estimate - ci.low], [ci.high - ci.estimate]] if math.isfinite(ci.low) else None
+                    ax.errorbar([x], [ci.estimate], yerr=err, fmt="o", ms=9, capsize=4, lw=2, zorder=4,
+                                color=POLE_COLORS.get(direction, COLORS["+"]), label=f"value edit toward {direction} (95% CI)")  # fmt: skip
             prompted = (labels.source == "prompted") & (labels.direction == direction)
             if prompted.any():
-                ax.axhline(float(shift[prompted].iloc[0]), color="black", ls="--", lw=1, label="prompted (ceiling)")
-            ax.axhline(0.0, color="black", lw=0.6)
-            ax.set_title(f"{dim} toward {direction}", fontsize=11)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=9)
-            if row == 1:
-                ax.set_xlabel("KL on neutral text (nats/token)", fontsize=10)
-        axes[0][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
-        axes[1][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
-    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9, frameon=False)
-    fig.suptitle("Value edits against random edits and controls at matched cost", fontsize=13)
+                ax.axhline(float(shift[prompted].iloc[0]), **_PROMPTED_LINE)
+            ax.axhline(0.0, **_UNEDITED_LINE)
+            ax.set_title(f"{dim} toward {direction}")
+            ax.grid(alpha=0.3, axis="y")
+            if one_level:
+                names = {"value": "value edit", "random": f"random edits ({int(groups.get('random', cell).sum())})",
+                         "steering": "steering", "dense": "dense"}  # fmt: skip
+                ax.set_xticks(range(len(groups)), [f"{names[k]}\nKL {float(labels.kl[sel].mean()):.3g}" for k, sel in groups.items()])
+                ax.set_xlim(-0.5, len(groups) - 0.3)
+            else:
+                kl = by_level.groupby("level", sort=False)["kl"].agg(["min", "max"])
+                ax.set_xticks(range(len(levels)), [f"{lv}\nKL {kl.loc[lv, 'min']:.2g}" + (
+                    f"-{kl.loc[lv, 'max']:.2g}" if f"{kl.loc[lv, 'max']:.2g}" != f"{kl.loc[lv, 'min']:.2g}" else "")
+                    for lv in levels])  # fmt: skip
+                ax.set_xlim(-0.5, len(levels) - 0.5)
+                for k in range(1, len(levels)):
+                    ax.axvline(k - 0.5, color="0.8", lw=1)
+        axes[r][0].set_ylabel("log-odds shift")
+    _legend_below(fig, ncols=3)
+    if not one_level:
+        where = "at each dose level"
+    elif matched.any():
+        where = f"at matched cost ({levels[0]} nats/token on neutral text)"
+    else:
+        where = f"at {levels[0]} (not matched on cost)"
+    fig.suptitle(f"Value edits against random edits and controls {where}")
     return fig
 
 
+@_styled("leakage_heatmap")
 def leakage_heatmap(
-    validation: Any, *, gamma: float | None = None, metric: str = "orientation", mode: str = "paper",
-    selector: str | None = None, size: int | None = None,
+    validation: Any, *, gamma: float | None = None, kl_target: float | None = None, metric: str = "orientation",
+    mode: str = "paper", selector: str | None = None, size: int | None = None,
 ) -> Figure:  # fmt: skip
     """Change of ``metric`` from the unedited model in every measured dimension, for every steered
-    dimension and direction, at one ``gamma`` (default: the largest), value edits of ``mode``.
+    dimension and direction, at one dose level of the value edits of ``mode``: ``kl_target`` (edits
+    matched to that KL), or ``gamma`` (edits dosed by hand); by default the first KL target if the
+    validation has one, else the largest gamma.
 
     Rows: steered dimension and direction; columns: measured dimension; positive (blue) means
     toward the measured dimension's ``+`` pole. The steered dimension's own cell is outlined;
     every other cell is leakage.
     """
+    if gamma is not None and kl_target is not None:
+        raise ValueError("give gamma or kl_target, not both: they pick one dose level")
     t = _table(validation, selector, size)
     _check_metric(t, metric, per_dimension=True)
     _steered(t)
@@ -777,15 +1053,23 @@ def leakage_heatmap(
     if edited.empty:
         modes = sorted(set(t.loc[t.source == "value", "mode"]))
         raise ValueError(f"no value edits of mode {mode!r} in the validation table (modes: {', '.join(modes)})")
-    gammas = sorted(edited.gamma.dropna().unique())
-    if gamma is None:
-        gamma = float(gammas[-1])
+    matched = edited.target_kl.notna()
+    targets = sorted(edited.target_kl[matched].unique())
+    gammas = sorted(edited.gamma[~matched].dropna().unique())
+    if kl_target is not None or (gamma is None and targets):
+        want = targets[0] if kl_target is None else float(kl_target)
+        hit = [k for k in targets if math.isclose(k, want, rel_tol=1e-9, abs_tol=1e-12)]
+        if not hit:
+            raise ValueError(f"KL target {want:g} is not in the validation table (targets: {', '.join(f'{k:g}' for k in targets) or 'none'})")
+        at, where = edited[matched & np.isclose(edited.target_kl, hit[0])], f"matched to KL {hit[0]:g}"
     else:
-        match = [g for g in gammas if math.isclose(g, float(gamma), rel_tol=1e-9, abs_tol=1e-12)]
-        if not match:
+        if not gammas:
+            raise ValueError(f"the validation table has no value edits of mode {mode!r} dosed by hand (gammas: none)")
+        want = gammas[-1] if gamma is None else float(gamma)
+        hit = [g for g in gammas if math.isclose(g, want, rel_tol=1e-9, abs_tol=1e-12)]
+        if not hit:
             raise ValueError(f"gamma {gamma} is not in the validation table for mode {mode!r} (gammas: {', '.join(f'{g:g}' for g in gammas)})")
-        gamma = float(match[0])
-    at = edited[np.isclose(edited.gamma, gamma)]
+        at, where = edited[~matched & np.isclose(edited.gamma, hit[0])], f"gamma = {hit[0]:g}"
     base = t[(t.source == "none") & (t.metric == metric)].groupby("measured", sort=False)["value"].mean()
     measured = [m for m in base.index if m] + [m for m in dict.fromkeys(at.measured) if m and m not in base.index]
     change = at.assign(change=at.value - at.measured.map(base))
@@ -793,15 +1077,15 @@ def leakage_heatmap(
     conditions, grid = list(changes.index), changes.to_numpy(dtype=float)
     span = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
     span = span if span > 0 else 1e-6
-    fig = _figure(max(7.0, 3.4 + 1.5 * len(measured)), 2.4 + 0.55 * len(conditions))
+    fig = _figure(max(7.0, 4.4 + 1.5 * len(measured)), 2.6 + 0.55 * len(conditions))
     ax = fig.subplots()
-    im = ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    im = ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")  # blue up, as COLORS["+"]
     from matplotlib.patches import Rectangle
 
     for i, (s, _) in enumerate(conditions):
         for j, m in enumerate(measured):
             v = grid[i, j]
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:+.3g}", ha="center", va="center", fontsize="small",
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:+.3g}", ha="center", va="center", fontsize=FONT_SIZE,
                     color="white" if np.isfinite(v) and abs(v) > 0.6 * span else "black")  # fmt: skip
             if m == s:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=2))
@@ -809,9 +1093,7 @@ def leakage_heatmap(
     ax.set_yticks(range(len(conditions)), [f"{s} toward {d}" for s, d in conditions])
     ax.set_xlabel("measured dimension")
     ax.set_ylabel("steered")
-    ax.set_title(f"Change of {metric} from the unedited model, gamma = {gamma:g} ({mode} edits)\n"
-                 "outlined: the steered dimension itself; blue: toward the measured dimension's + pole",
-                 fontsize="medium")  # fmt: skip
+    ax.set_title(f"Change of {metric} from the unedited model, {where} ({mode} edits)")
     fig.colorbar(im, ax=ax, label=f"change of {metric}")
     return fig
 
@@ -819,68 +1101,101 @@ def leakage_heatmap(
 def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figure]:
     """The figures of a selector comparison (:func:`vlens.selectors.compare`): ``shift_by_size`` (shift per
     neuron budget, each selector, random mean +- sd in grey), ``shift_vs_kl`` (the Pareto view: shift against
-    KL, random edits as grey crosses) and ``overlap`` (mean Jaccard between selectors per size)."""
-    s = result.summary(metric)
-    names = result.meta.get("selectors") or sorted(s.selector.unique())
-    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
-    panels = [(d, g) for d in s.steered.unique() for g in sorted(s.gamma.unique())]
-    figs: dict[str, Any] = {}
+    KL, random edits as grey crosses) and ``overlap`` (mean Jaccard between selectors per size). Each has a
+    ``caption`` (``CAPTIONS["compare_<name>"]``)."""
+    with matplotlib.rc_context(_RC):
+        s = result.summary(metric)
+        names = result.meta.get("selectors") or sorted(s.selector.unique())
+        palette = iter(SELECTOR_COLORS * (1 + len(names) // len(SELECTOR_COLORS)))
+        colors = {n: COLORS["random"] if n == "random" else next(palette) for n in names}
+        return {"shift_by_size": _finish(_compare_by_size(s, names, colors, metric), "compare_shift_by_size"),
+                "shift_vs_kl": _finish(_compare_vs_kl(result, s, names, colors, metric), "compare_shift_vs_kl"),
+                "overlap": _finish(_compare_overlap(result, names), "compare_overlap")}  # fmt: skip
 
-    fig = _figure(10, 3.2 * len(panels))
+
+def _compare_by_size(s: pd.DataFrame, names: list[str], colors: dict[str, str], metric: str) -> Figure:
+    panels = [(d, g) for d in s.steered.unique() for g in sorted(s.gamma.unique())]
+    fig = _figure(10.0, 1.2 + 3.0 * len(panels))
     axes = fig.subplots(len(panels), 2, squeeze=False)
+    sizes = sorted(s["size"].unique())
     for row, (dim, gamma) in enumerate(panels):
         for col, direction in enumerate(POLES):
             ax = axes[row][col]
             part = s[(s.steered == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
             ref = part.drop_duplicates("size")
-            ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd, color="0.85",
-                            label="random (mean +- sd)")  # fmt: skip
+            if len(ref) > 1:
+                ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd,
+                                color=COLORS["random"], alpha=0.25, lw=0)  # fmt: skip
+            # the random edits' mean +/- sd also as error bars, a little to the right: visible with one size too
+            ax.errorbar(ref["size"] * 1.06, ref.random_mean, yerr=ref.random_sd.fillna(0.0), fmt="_", ms=14, mew=2, capsize=5,
+                        lw=2, color=COLORS["random"], label="random edits: mean ± sd")  # fmt: skip
             for name in names:
                 p = part[part.selector == name]
-                ax.plot(p["size"], p["shift"], marker="o", color=colors[name], label=name)
-            ax.axhline(0, color="0.5", lw=0.8)
+                ax.plot(p["size"], p["shift"], marker="o", color=colors[name], ls="--" if name == "random" else "-",
+                        label=f"selector {name}")  # fmt: skip
+            ax.axhline(0, **_UNEDITED_LINE)
             ax.set_xscale("log")
-            ax.set_xlabel("neurons per pole")
-            ax.set_ylabel(f"{metric} shift toward {direction}")
-            ax.set_title(f"{dim}, steer {direction}, gamma {gamma:g}")
-    axes[0][0].legend(fontsize=7)
-    figs["shift_by_size"] = fig
+            ax.set_xticks(sizes, [f"{int(k):,}" for k in sizes])
+            ax.minorticks_off()
+            ax.set_title(f"{dim} toward {direction}, gamma {gamma:g}")
+            ax.grid(alpha=0.3)
+            if row == len(panels) - 1:
+                ax.set_xlabel("neurons per pole")
+        axes[row][0].set_ylabel(f"{metric} shift")
+    _legend_below(fig, ncols=4)
+    fig.suptitle("Selectors against random sets, by neuron budget")
+    return fig
 
+
+def _compare_vs_kl(result: Any, s: pd.DataFrame, names: list[str], colors: dict[str, str], metric: str) -> Figure:
     dims = list(s.steered.unique())
-    fig = _figure(5 * len(dims), 4)
-    axes = fig.subplots(1, len(dims), squeeze=False)[0]
+    ncols = min(2, len(dims))
+    nrows = math.ceil(len(dims) / ncols)
+    fig = _figure(1.0 + 4.8 * ncols, 1.4 + 3.6 * nrows)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    _hide_unused(fig, grid, len(dims))
     edits = experiment.per_condition(result, metric)
-    for ax, dim in zip(axes, dims, strict=True):
+    for ax, dim in zip(grid.flat, dims, strict=False):
         rnd = edits[(edits.source == "random") & (edits.steered == dim)]
-        ax.scatter(rnd.cost, rnd["shift"], marker="x", color="0.6", label="random")
+        ax.scatter(rnd.cost, rnd["shift"], marker="x", s=30, lw=1.2, color=COLORS["random"], label="random edits")
         for name in names:
             for direction, marker in (("+", "o"), ("-", "v")):
                 p = s[(s.steered == dim) & (s.selector == name) & (s.direction == direction)]
-                ax.scatter(p.kl, p["shift"], marker=marker, color=colors[name], label=f"{name} {direction}")
-        ax.axhline(0, color="0.5", lw=0.8)
-        ax.set_xlabel("KL to the unedited model (nats/token)")
-        ax.set_ylabel(f"{metric} shift toward the steering direction")
+                ax.scatter(p.kl, p["shift"], marker=marker, s=45, color=colors[name], label=f"{name} toward {direction}")
+        ax.axhline(0, **_UNEDITED_LINE)
+        ax.set_xlabel("KL from the unedited model (nats/token)")
         ax.set_title(dim)
-    axes[0].legend(fontsize=6, ncol=2)
-    figs["shift_vs_kl"] = fig
+        ax.grid(alpha=0.3)
+        _compact_ticks(ax.xaxis)
+    for row in grid:
+        row[0].set_ylabel(f"{metric} shift toward the pole")
+    _legend_below(fig, ncols=4)
+    fig.suptitle("Selectors: shift against cost")
+    return fig
 
+
+def _compare_overlap(result: Any, names: list[str]) -> Figure:
     ov = result.overlap
     ks = sorted(ov["size"].unique())
-    fig = _figure(4.2 * len(ks), 4.4)
-    axes = fig.subplots(1, len(ks), squeeze=False)[0]
-    for ax, k in zip(axes, ks, strict=True):
+    ncols = min(2, len(ks))
+    nrows = math.ceil(len(ks) / ncols)
+    side = 1.8 + 0.6 * len(names)
+    fig = _figure(0.8 + side * ncols, 0.8 + side * nrows)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    _hide_unused(fig, grid, len(ks))
+    for ax, k in zip(grid.flat, ks, strict=False):
         mat = ov[ov["size"] == k].groupby(["selector_a", "selector_b"])["jaccard"].mean().unstack().reindex(index=names, columns=names)
         im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
         for i in range(len(names)):
             for j in range(len(names)):
                 v = mat.iloc[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.5 else "k")
-        ax.set_title(f"Jaccard, {k} neurons per pole")
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
-    figs["overlap"] = fig
-    return figs
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=FONT_SIZE, color="w" if v < 0.5 else "k")
+        ax.set_title(f"{int(k):,} neurons per pole")
+    fig.colorbar(im, ax=list(grid.flat[: len(ks)]), shrink=0.8, label="Jaccard index")
+    fig.suptitle("Overlap of the selectors' sets")
+    return fig
 
 
 def sweep_effects(table: pd.DataFrame) -> Figure:
@@ -938,12 +1253,16 @@ def sweep_effects(table: pd.DataFrame) -> Figure:
 
 
 __all__ = [
+    "CAPTIONS",
+    "COLORS",
     "POLE_COLORS",
     "circuitsvis_html",
     "compare_figures",
     "cost_vs_gamma",
+    "figure_html",
     "figure_to_data_uri",
     "leakage_heatmap",
+    "matched_effects",
     "neuron_activations",
     "neuron_tokens",
     "neurons_per_layer",
