@@ -154,7 +154,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = result.save(folder / "compare")
     for name, fig in compare_figures(result).items():
         atomic_write_text(out / f"{name}.html", f'<img src="{figure_to_data_uri(fig)}">')
-    print(selector_verdicts(result.summary()).to_string(index=False))
+    summary = result.summary()
+    print(selector_verdicts(summary).to_string(index=False))
+    kl = summary[summary.level == "kl"]
+    first = (kl if len(kl) else summary).iloc[0]  # the level shown: the first KL target, else the first hand-given gamma
+    at = f"KL {first['at']:g} nats/token" if first.level == "kl" else f"gamma {first['at']:g}"
+    print(f"\neach selector and size against {args.n_random} random edits of its size, at {at}; every level is in "
+          "compare_summary.csv")  # fmt: skip
     print(f"\ncomparison: {out}")
     return 0
 

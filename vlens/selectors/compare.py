@@ -212,7 +212,7 @@ def compare(
     start = time.perf_counter()
     table, calibration, prompted_meta, n_conditions = evaluate_families(
         model, families, instruments, kl_targets=kl_targets, gammas=gammas, max_dose=max_dose, tol=tol, controls=controls,
-        descriptions=descriptions, data=ctx.value_data(), seed=seed, batch_size=batch_size, progress=progress, scope=scope)  # fmt: skip
+        descriptions=descriptions, data=ctx.data, seed=seed, batch_size=batch_size, progress=progress, scope=scope)  # fmt: skip
     eval_s = time.perf_counter() - start
 
     overlap = pd.DataFrame(
