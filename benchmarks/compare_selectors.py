@@ -2,11 +2,12 @@
 
 On the offline model: locate statistics on ``--pairs`` prompt pairs per dimension, build
 the ``+`` and ``-`` sets of every selector at every size, and validate all of them in one
-batched evaluation (the paper's edit toward ``+`` and toward ``-``, with ``--n-random``
-layer-matched random edits per size). Prints the summary table (orientation shift toward
-the steering direction, z against the random edits, KL), the pairwise overlap and the cost
-of each selector; writes the tidy table, the summary, the overlap, the costs, the sets and
-the figures into ``--out``.
+batched evaluation (the paper's edit toward ``+`` and toward ``-``, each at the dose whose KL
+on neutral text reaches ``--kl-targets``, against ``--n-random`` layer-matched random edits
+per size, beside the ``--controls``). Prints the verdict table (one line per selector, size,
+dimension and direction), the pairwise overlap and the cost of each selector; writes the
+tidy table, the verdicts, the calibration, the overlap, the costs, the sets and the figures
+into ``--out``.
 
 The defaults are small enough for a CPU (a few minutes); the numbers they give are noisy
 (few items and random sets). Attribution patching differentiates ``--attribution-items``
@@ -27,6 +28,7 @@ import torch
 
 import vlens
 from vlens.evaluate import Instruments
+from vlens.report import selector_verdicts
 from vlens.selectors import SELECTORS, compare
 from vlens.viz import compare_figures
 
@@ -43,10 +45,12 @@ def main() -> None:
         "--pairs", type=int, default=16, help="prompt pairs per dimension for the statistics (and the probe)"
     )
     ap.add_argument("--sizes", default="0.005,0.02", help="set sizes per pole, as fractions of all neurons")
-    ap.add_argument("--gammas", default="1")
+    ap.add_argument("--kl-targets", default="0.1", help="KL costs (nats/token on neutral text) the edits are matched to")
+    ap.add_argument("--gammas", default="", help="edit strengths given by hand, beside the matched ones")
     ap.add_argument("--n-random", type=int, default=3)
+    ap.add_argument("--controls", default="prompted,steering,dense", help="positive controls ('' for none)")
     ap.add_argument("--dilemmas", type=int, default=2, help="evaluation dilemmas per dimension")
-    ap.add_argument("--portrait", type=int, default=6)
+    ap.add_argument("--portrait", type=int, default=0)
     ap.add_argument("--neutral", type=int, default=1)
     ap.add_argument("--attribution-items", type=int, default=4, help="dilemmas per dimension for attribution patching")
     ap.add_argument("--selectors", default=",".join(SELECTORS), help="comma-separated names")
@@ -85,8 +89,9 @@ def main() -> None:
         warnings.simplefilter("always", UserWarning)
         result = compare(
             model, located, dimensions=dims, sizes=_floats(args.sizes), selectors=args.selectors.split(","),
-            instruments=inst, gammas=_floats(args.gammas), n_random=args.n_random, dilemmas=attribution_dilemmas,
-            seed=args.seed, batch_size=args.batch_size, progress=False,
+            instruments=inst, kl_targets=_floats(args.kl_targets), gammas=_floats(args.gammas), n_random=args.n_random,
+            controls=[c for c in args.controls.split(",") if c], dilemmas=attribution_dilemmas, seed=args.seed,
+            batch_size=args.batch_size, progress=False,
         )  # fmt: skip
     t_compare = time.perf_counter() - t0
     for w in caught:
@@ -95,12 +100,10 @@ def main() -> None:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 30)
     s = result.summary()
-    cols = ["selector", "steered", "direction", "size", "gamma", "shift", "random_mean", "random_sd", "z", "p", "kl",
-            "random_kl", "leakage", "target_delta", "n_fallback"]  # fmt: skip
     print(f"\nconditions evaluated: {result.meta['n_conditions']} in {result.meta['evaluation_wall_s']:.1f} s "
           f"(compare in all {t_compare:.1f} s); instruments {result.meta['instrument_sizes']}")  # fmt: skip
-    print("\nSUMMARY (orientation = option likelihood; shift signed toward the steering direction)")
-    print(s[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\nVERDICTS (effect: the shift of the + option's log-odds toward the steering direction, at matched KL)")
+    print(selector_verdicts(s).to_string(index=False))
     print("\nOVERLAP (Jaccard, mean over dimensions and poles)")
     for k, part in result.overlap.groupby("size"):
         mat = part.groupby(["selector_a", "selector_b"])["jaccard"].mean().unstack()
@@ -113,7 +116,7 @@ def main() -> None:
     result.save(out)
     for name, fig in compare_figures(result).items():
         fig.savefig(out / f"{name}.png", dpi=120)
-    print(f"\nwrote {out}/compare.csv (tidy table), compare_summary.csv, overlap.csv, costs.csv, sets/, *.png")
+    print(f"\nwrote {out}/compare.csv (tidy table), compare_summary.csv, calibration.csv, overlap.csv, costs.csv, sets/, *.png")
 
 
 if __name__ == "__main__":

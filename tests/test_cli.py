@@ -188,13 +188,15 @@ def test_compare_subcommand(tiny_run_dir, tmp_path, capsys):
 
     run_dir = tmp_path / "run"  # a copy: the shared run directory's report stays as `vlens run` wrote it
     shutil.copytree(tiny_run_dir, run_dir)
-    args = ["compare", str(run_dir), "--sizes", "0.02", "--n-random", "2", "--max-dilemmas", "1", "--max-portrait", "3",
-            "--max-neutral", "1", "--selectors", "delta,lape,random", "--quiet"]  # fmt: skip
+    args = ["compare", str(run_dir), "--sizes", "0.02", "--n-random", "2", "--max-dilemmas", "1", "--max-neutral", "1",
+            "--selectors", "delta,lape,random", "--gammas", "1", "--kl-targets", "", "--controls", "prompted", "--quiet"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "comparison:" in out and "lape" in out
+    header = out.splitlines()[0].split()  # the verdict table: one line per selector, size, dimension and direction
+    assert header[:5] == ["selector", "size", "dimension", "direction", "verdict"] and "p (Holm)" in out.splitlines()[0]
     assert (run_dir / "compare" / "compare_summary.csv").exists()
-    assert (run_dir / "compare" / "shift_vs_kl.html").exists()
+    assert (run_dir / "compare" / "matched_effects.html").exists() and (run_dir / "compare" / "calibration.csv").exists()
     from vlens.report import write_report
 
     html = write_report(run_dir, neuron_views=0).read_text()

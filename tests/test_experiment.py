@@ -1,4 +1,4 @@
-"""The experiment core: summarise by hand, the seed scheme, the data-parallel split, compare's random pools."""
+"""The experiment core: summarise by hand, the seed scheme, the data-parallel split, compare's random null per size."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from vlens.interventions import Edit
 from vlens.locate import locate
 from vlens.neurons import NeuronSet, random_like
 from vlens.selectors import compare
+from vlens.significance import VERDICTS
 
 
 def rows(source, values, *, selector="", mode="", size=None, gamma=None, seed=None, kl=0.0):
@@ -104,15 +105,39 @@ def test_run_splits_the_conditions_over_ranks(monkeypatch):
     assert [[j for j, _ in part] for part in parts] == [[0, 2, 4], [0, 1, 3]]  # both evaluate the reference (KL)
 
 
-def test_compare_pools_of_random_controls(tiny_llama, small_data):
-    """compare's controls: one pool per selector ("each") or one uniform pool (None); the validate schema and summary."""
+def test_compare_pools_of_random_controls(tiny_llama, small_data, monkeypatch):
+    """compare's null per size: matched to the reference selector's sets of that size, or uniform over layers (None);
+    "each" (a pool per selector) is gone. The validate schema and verdicts."""
+    import importlib
+
+    from vlens.experiment import shared_random_pairs, union_profile
+
+    compare_module = importlib.import_module("vlens.selectors.compare")  # the module, not the function of that name
+
     located = locate(tiny_llama, small_data, selection="top_k:8", progress=False)
     # per-token means: a summed option log-prob of a random tiny model saturates the orientation (sigmoid) at 0 or 1
-    inst = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1, dilemma_variant="cloze-mean")
-    for match, pools in (("each", {"delta", "mean_diff"}), (None, {"uniform"})):
-        result = compare(tiny_llama, located, dimensions=["co"], sizes=(6,), selectors=["delta", "mean_diff"], gammas=[1.0],
-                         instruments=inst, n_random=2, random_match=match, progress=False)  # fmt: skip
+    inst = Instruments.default(max_dilemmas=1, max_portrait=0, max_neutral=1, dilemma_variant="cloze-mean")
+    drawn: list = []
+    monkeypatch.setattr(compare_module, "shared_random_pairs", lambda sets, *a, **kw: drawn.append(
+        (sets, kw["template"], shared_random_pairs(sets, *a, **kw))) or drawn[-1][2])  # fmt: skip
+    for match, pool in (("delta", "delta"), (None, "uniform")):
+        drawn.clear()
+        result = compare(tiny_llama, located, dimensions=["co"], sizes=(7,), selectors=["delta", "mean_diff"], gammas=[1.0],
+                         kl_targets=[], instruments=inst, n_random=2, controls=(), random_match=match, progress=False)  # fmt: skip
         t = result.table
-        assert list(t.columns) == TABLE_COLUMNS and set(t[t.source == "random"].selector) == pools
+        assert list(t.columns) == TABLE_COLUMNS and set(t[t.source == "random"].selector) == {pool}
         s = result.summary()
-        assert len(s) == 4 and (s.n_random == 2).all() and s.z.notna().all() and set(s.steered) == {"Conservation"}
+        assert len(s) == 4 and (s.n_null == 2).all() and s.z.notna().all() and set(s.steered) == {"Conservation"}
+        assert set(s.verdict) <= set(VERDICTS) and set(s.selector) == {"delta", "mean_diff"}
+        [(sets, template, pairs)] = drawn  # one size: one null
+        counts = [boost.counts_per_layer() for boost, _ in pairs]
+        if match:  # the union profile of delta's sets of size 7 (both poles), outside them
+            assert {(ns.method, len(ns)) for ns in sets} == {("delta", 7)} and template is None
+            assert all(torch.equal(c, union_profile(sets).counts_per_layer()) for c in counts)
+            excluded = torch.stack([ns.mask() for ns in sets]).any(0)
+            assert not any(((b.mask() | c.mask()) & excluded).any() for b, c in pairs)
+        else:  # uniform: 7 neurons over 3 layers
+            assert sets == [] and all(c.tolist() == [3, 2, 2] for c in counts)
+    with pytest.raises(ValueError, match="random_match='each' is gone"):
+        compare(tiny_llama, located, dimensions=["co"], sizes=(7,), selectors=["delta"], instruments=inst, random_match="each",
+                progress=False)  # fmt: skip

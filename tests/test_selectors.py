@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -13,8 +15,10 @@ from matplotlib.figure import Figure
 import vlens
 from vlens.data import build_prompts
 from vlens.evaluate import Instruments, build_sequences
+from vlens.experiment import item_changes
 from vlens.locate import locate
 from vlens.neurons import provenance_of
+from vlens.report import selector_verdicts
 from vlens.selectors import (
     SELECTORS,
     TABLE_COLUMNS,
@@ -30,6 +34,7 @@ from vlens.selectors import (
     select_neurons,
     set_sizes,
 )
+from vlens.significance import VERDICTS
 from vlens.stats import NeuronStats
 from vlens.viz import compare_figures
 
@@ -311,29 +316,88 @@ def test_compare_table_summary_and_figures(tmp_path, tiny_llama, located, prompt
     inst = _tiny_instruments()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # KL 0.1 is out of reach on a random tiny model: a small target (hand-given gammas: the next test)
         result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(0.02,), instruments=inst, n_random=2,
-                         prompts=prompts, dilemmas=DILEMMAS[1:], progress=False)  # fmt: skip
+                         kl_targets=[0.001], prompts=prompts, dilemmas=DILEMMAS[1:], progress=False)  # fmt: skip
     t = result.table
     assert list(t.columns) == TABLE_COLUMNS
-    assert set(t[t.source == "value"].selector) == set(SELECTORS) and set(t.loc[t.source != "none", "size"]) == {6}
-    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2  # 2 directions x 2 seeds
+    assert set(t[t.source == "value"].selector) == set(SELECTORS)
+    assert set(t.loc[t.source.isin(["value", "random"]), "size"]) == {6}
+    kl = t[t.metric == "kl"]
+    assert len(kl[kl.source == "random"]) == 2  # one shared null: 2 random edits for both directions
+    # the controls: once per (dimension, direction), calibrated only (a steering scale is no gamma), without a size
+    for source in ("steering", "dense"):
+        ctl = kl[kl.source == source]
+        assert sorted(zip(ctl.steered, ctl.direction, strict=True)) == [("Conservation", "+"), ("Conservation", "-")]
+        assert ctl["size"].isna().all() and (ctl.target_kl == 0.001).all()
+    prompted = t[(t.source == "prompted") & (t.metric == "orientation")]
+    assert sorted(prompted.direction) == ["+", "-"]  # the dilemmas read under a stated value, one pass per direction
+    assert set(result.calibration.source) == {"value", "random", "steering", "dense"}
+    assert len(result.calibration) == len(SELECTORS) * 2 + 2 + 2 * 2  # one row per family and KL target
     s = result.summary()
-    assert len(s) == len(SELECTORS) * 2 and s.z.notna().all() and (s.kl >= 0).all()
+    assert len(s) == len(SELECTORS) * 2 and set(s.level) == {"kl"}  # selectors x directions
+    assert set(s.selector) == set(SELECTORS) and set(s["size"]) == {6} and (s.n_null == 2).all()
+    assert set(s.verdict) <= set(VERDICTS) and s.verdict.notna().all()
+    assert s.z.notna().all() and (s.kl >= 0).all() and s.target_delta.notna().all()
+    assert s.steering_shift.notna().all() and s.dense_shift.notna().all() and s.prompted_shift.notna().all()
+    shifts = result.shifts()  # the per-gamma view
+    assert len(shifts) == len(s) and (shifts.n_random == 2).all()
     assert set(result.costs.selector) == set(SELECTORS)
     costs = result.costs.set_index("selector")
     assert costs.loc["attribution", "backward_passes"] == 1 and costs.loc["delta", "forward_passes"] == 0
     diag = result.overlap[result.overlap.selector_a == result.overlap.selector_b]
     assert (diag.jaccard == 1.0).all()
     figs = compare_figures(result)
-    assert set(figs) == {"shift_by_size", "shift_vs_kl", "overlap"}
+    assert set(figs) == {"matched_effects", "overlap"}
     for name, fig in figs.items():
         assert isinstance(fig, Figure) and fig.axes
         assert fig._repr_png_().startswith(b"\x89PNG")  # shown as the value of a Jupyter cell
         fig.savefig(tmp_path / f"{name}.png")
+    panels = [ax for ax in figs["matched_effects"].axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["Conservation toward +", "Conservation toward -"]
+    assert all(len(ax.lines) >= 4 for ax in panels)  # zero, prompted, steering and dense as reference lines
     result.save(tmp_path / "out")
-    assert (tmp_path / "out" / "compare_summary.csv").exists() and (tmp_path / "out" / "costs.csv").exists()
-    with pytest.raises(ValueError, match="unknown selector"):
-        compare(tiny_llama, located, selectors=["nope"], instruments=inst, progress=False)
+    for name in ("compare", "compare_summary", "calibration", "overlap", "costs"):
+        assert (tmp_path / "out" / f"{name}.csv").exists(), name
+    meta = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert (meta["kl_targets"], meta["n_random"], meta["controls"]) == ([0.001], 2, ["prompted", "steering", "dense"])
+    table = selector_verdicts(pd.read_csv(tmp_path / "out" / "compare_summary.csv"))
+    assert list(table.columns[:2]) == ["selector", "size"] and len(table) == len(SELECTORS) * 2
+
+
+def test_the_null_of_each_size_holds_only_random_edits_of_that_size(tiny_llama, located):
+    result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(4, 9), selectors=["delta", "mean_diff"],
+                     instruments=_tiny_instruments(), n_random=2, kl_targets=[], gammas=[1.0], controls=(),
+                     progress=False)  # fmt: skip
+    t = result.table
+    randoms = t[(t.source == "random") & (t.metric == "kl")]
+    assert sorted(randoms["size"]) == [4, 4, 9, 9] and set(randoms.selector) == {"delta"}  # the pool: matched to delta
+    s = result.summary()
+    assert len(s) == 2 * 2 * 2 and (s.n_null == 2).all()  # selectors x sizes x directions, each against 2 edits
+    change, labels, dim_of = item_changes(result.table)
+    items = dim_of.index[dim_of == "Conservation"]
+    for r in s.itertuples():  # the null, by hand: the random edits of the row's size, signed toward its direction
+        own = labels.index[(labels.source == "random") & (labels["size"] == r.size)]
+        sign = -1.0 if r.direction == "-" else 1.0
+        assert r.null_mean == pytest.approx(float((sign * change.loc[own, items].mean(axis=1)).mean()), abs=1e-9)
+    shifts = result.shifts()  # the per-gamma view compares like with like too
+    assert (shifts.n_random == 2).all()
+    for k in (4, 9):
+        mean = shifts[shifts["size"] == k].random_kl.iloc[0]
+        assert mean == pytest.approx(t[(t.source == "random") & (t.metric == "kl") & (t["size"] == k)].value.mean())
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"controls": ("prompted", "telepathy")}, "unknown control(s) ['telepathy']"),
+    ({"n_random": 1}, "n_random must be at least 2"),
+    ({"random_match": "random"}, "random_match must name a selector other than 'random'"),
+    ({"kl_targets": [], "gammas": []}, "give KL targets"),
+])  # fmt: skip
+def test_compare_bad_designs_fail_with_one_line(tiny_llama, located, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        compare(tiny_llama, located, dimensions=["Conservation"], sizes=(4,), selectors=["delta"],
+                instruments=_tiny_instruments(), progress=False, **kwargs)  # fmt: skip
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def _tiny_instruments():
@@ -348,12 +412,14 @@ def test_compare_builds_the_reference_sets_of_a_selector_it_does_not_compare(tin
     # Regression: compare(selectors=["lape"]) raised KeyError: the random controls match the delta sets,
     # which were never built.
     result = compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["lape"],
-                     instruments=_tiny_instruments(), n_random=2, progress=False)  # fmt: skip
+                     instruments=_tiny_instruments(), n_random=2, kl_targets=[], gammas=[1.0], controls=(),
+                     progress=False)  # fmt: skip
     t = result.table
     assert set(t[t.source == "value"].selector) == {"lape"} and set(t[t.source == "random"].selector) == {"delta"}
-    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2 * 2
+    assert len(t[(t.source == "random") & (t.metric == "kl")]) == 2  # one shared null for both directions
     assert list(result.costs.selector) == ["lape"] and {key[0] for key in result.neuron_sets} == {"lape"}
-    assert result.summary().z.notna().all()
+    s = result.summary()
+    assert set(s.selector) == {"lape"} and s.z.notna().all() and s.target_delta.notna().all()
 
 
 def test_probe_and_attribution_use_the_runs_data(tiny_llama, small_data):
@@ -384,4 +450,5 @@ def test_attribution_warns_when_its_items_are_evaluation_items(tiny_llama, locat
                        options=AttributionOptions(DILEMMAS, held_out=DILEMMAS[:1]))  # fmt: skip
     with pytest.warns(UserWarning, match="also evaluation items"):
         compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["attribution"],
-                instruments=_tiny_instruments(), n_random=2, dilemmas=DILEMMAS, progress=False)  # fmt: skip
+                instruments=_tiny_instruments(), n_random=2, kl_targets=[], gammas=[1.0], controls=(), dilemmas=DILEMMAS,
+                progress=False)  # fmt: skip

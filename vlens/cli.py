@@ -130,9 +130,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import vlens
     from vlens._io import atomic_write_text
+    from vlens.controls import SteeringVectors
     from vlens.evaluate import Instruments
     from vlens.locate import LocateResult
     from vlens.pipeline import check_run_dir
+    from vlens.report import selector_verdicts
     from vlens.selectors import compare
     from vlens.viz import compare_figures, figure_html
 
@@ -143,16 +145,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     cfg = meta["config"]
     model = vlens.load_model(cfg["model"], device=args.device)
     data = vlens.load_value_data(cfg.get("data_dir"))
-    inst = Instruments.default(data, max_dilemmas=args.max_dilemmas, max_portrait=args.max_portrait, max_neutral=args.max_neutral)
+    inst = Instruments.default(data, max_dilemmas=args.max_dilemmas, max_portrait=args.max_portrait, max_neutral=args.max_neutral,
+                               **({"dilemma_variant": cfg["instrument"]} if cfg.get("instrument") else {}))  # the run's own
     prompts = vlens.build_prompts(data, model, dimensions=args.dimensions, max_pairs=cfg["max_pairs"], template=cfg["template"],
                                   pairs_per_question=cfg["pairs_per_question"], seed=cfg["seed"])  # fmt: skip
+    steering = folder / "validation" / "steering"  # the run's steering vectors, when validate computed them
     result = compare(model, LocateResult.load(folder / "locate"), dimensions=args.dimensions, sizes=args.sizes,
-                     selectors=args.selectors, instruments=inst, gammas=args.gammas, n_random=args.n_random,
-                     data=data, prompts=prompts, seed=cfg["seed"], progress=not args.quiet)  # fmt: skip
+                     selectors=args.selectors, instruments=inst, kl_targets=args.kl_targets, gammas=args.gammas,
+                     n_random=args.n_random, controls=args.controls, data=data, prompts=prompts, seed=cfg["seed"],
+                     steering=SteeringVectors.load(steering) if steering.with_suffix(".json").exists() else None,
+                     progress=not args.quiet)  # fmt: skip
     out = result.save(folder / "compare")
     for name, fig in compare_figures(result).items():
         atomic_write_text(out / f"{name}.html", figure_html(fig))
-    print(result.summary().to_string(index=False))
+    summary = result.summary()
+    print(selector_verdicts(summary).to_string(index=False))
+    kl = summary[summary.level == "kl"]
+    first = (kl if len(kl) else summary).iloc[0]  # the level shown: the first KL target, else the first hand-given gamma
+    at = f"KL {first['at']:g} nats/token" if first.level == "kl" else f"gamma {first['at']:g}"
+    print(f"\neach selector and size against {args.n_random} random edits of its size, at {at}; every level is in "
+          "compare_summary.csv")  # fmt: skip
     print(f"\ncomparison: {out}")
     return 0
 
@@ -361,7 +373,6 @@ def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> Non
     from vlens.instruments.dilemmas import ALL_VARIANTS
     from vlens.pipeline import FULL, SETTINGS, STAGE_SECTION, RunConfig
     from vlens.runner import HOOK_POINTS
-    from vlens.validate import CONTROLS
 
     defaults = {k: _shown(v) for k, v in RunConfig().to_dict().items()} | {"dimensions": "all four"}
     lifted = [k for k in FULL if SETTINGS[k] in {STAGE_SECTION[s] for s in stages if s in STAGE_SECTION}]  # as _config
@@ -394,12 +405,7 @@ def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> Non
         add(g, "--max-pairs", "prompt pairs per dimension", metavar="N", type=int)
     if "validate" in stages:
         g = p.add_argument_group("validate")
-        add(g, "--kl-targets", "KL costs (nats/token on neutral text) every edit is matched to, e.g. 0.05,0.1,0.2",
-            metavar="K,K", type=_floats)  # fmt: skip
-        add(g, "--gammas", "edit strengths given by hand, beside the matched ones, e.g. 0.5,1,2", metavar="G,G", type=_floats)
-        add(g, "--n-random", "random edits of the shared null, >= 2", metavar="N", type=int)
-        add(g, "--controls", f"positive controls, some of {','.join(CONTROLS)} ('' for none)", metavar="C,C",
-            type=_names)  # fmt: skip
+        _add_design_options(lambda flag, text, **kw: add(g, flag, text, **kw))
         add(g, "--instrument", f"how dilemmas are read: {', '.join(v.name for v in ALL_VARIANTS)}", metavar="V")
         add(g, "--match-frequency", "match random sets on activation frequency too", action="store_true")
         add(g, "--max-dilemmas", "held-out test dilemmas per dimension", metavar="N", type=int)
@@ -408,6 +414,17 @@ def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> Non
     if "generate" in stages:
         g = p.add_argument_group("generate and report")
         add(g, "--max-questions", "held-out questions per dimension to answer under edits", metavar="N", type=int)
+
+
+def _add_design_options(add: Any) -> None:
+    """The matched-cost design that validate and compare share: ``add(flag, help, **argparse_kwargs)``."""
+    from vlens.validate import CONTROLS
+
+    add("--kl-targets", "KL costs (nats/token on neutral text) every edit is matched to, e.g. 0.05,0.1,0.2",
+        metavar="K,K", type=_floats)  # fmt: skip
+    add("--gammas", "edit strengths given by hand, beside the matched ones, e.g. 0.5,1,2", metavar="G,G", type=_floats)
+    add("--n-random", "random edits of the shared null, >= 2", metavar="N", type=int)
+    add("--controls", f"positive controls, some of {','.join(CONTROLS)} ('' for none)", metavar="C,C", type=_names)
 
 
 def build_parser() -> _Parser:
@@ -432,10 +449,13 @@ def build_parser() -> _Parser:
     cmp.add_argument("--dimensions", type=_dims, help="comma-separated, e.g. oc,co (default: those located)")
     cmp.add_argument("--selectors", type=lambda t: [x for x in t.split(",") if x], help="comma-separated (default: all)")
     cmp.add_argument("--sizes", type=_fractions, default=[0.001, 0.005, 0.01, 0.02], help="fractions of all neurons")
-    cmp.add_argument("--gammas", type=_floats, default=[1.0], help="edit strengths")
-    cmp.add_argument("--n-random", type=int, default=10, help="random neuron sets per condition, >= 2")
+    from vlens.pipeline import ValidateConfig
+
+    design = vars(ValidateConfig())  # validate's defaults
+    _add_design_options(lambda flag, text, **kw: cmp.add_argument(flag, help=text, default=design[flag[2:].replace("-", "_")],
+                                                                 **kw))  # fmt: skip
     cmp.add_argument("--max-dilemmas", type=int, default=4, help="held-out dilemmas per dimension")
-    cmp.add_argument("--max-portrait", type=int, default=19, help="portrait items")
+    cmp.add_argument("--max-portrait", type=int, default=0, help="portrait items (the verdicts read the dilemmas only)")
     cmp.add_argument("--max-neutral", type=int, default=2, help="neutral texts for the capability cost")
     cmp.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     cmp.add_argument("--quiet", action="store_true", default=False, help="no progress bars")

@@ -138,7 +138,7 @@ def compare_html(result: CompareResult) -> str:
     summary = result.summary()
     table = summary[[c for c in COMPARE_COLUMNS if c in summary.columns]]
     selectors = ", ".join(result.meta.get("selectors") or sorted(summary.selector.unique()))
-    return _card(f"CompareResult: {selectors}", _table(table), _img(viz.compare_figures(result)["shift_by_size"]))
+    return _card(f"CompareResult: {selectors}", _table(table), _img(viz.compare_figures(result)["matched_effects"]))
 
 
 def register() -> None:

@@ -173,7 +173,9 @@ def expand_shared(t: pd.DataFrame) -> pd.DataFrame:
     if shared.empty:
         return t
     cells = t[t.source == "value"][["steered", "direction", "size"]].drop_duplicates()
-    copies = [shared.assign(steered=c.steered, direction=c.direction, size=c.size) for c in cells.itertuples()]
+    by_size = shared["size"].nunique() > 1  # a comparison's null per set size (as in cells); else one null for all
+    copies = [(shared[shared["size"] == c.size] if by_size else shared).assign(steered=c.steered, direction=c.direction,
+                                                                               size=c.size) for c in cells.itertuples()]  # fmt: skip
     return pd.concat([t[~t.index.isin(shared.index)], *copies], ignore_index=True)
 
 
@@ -261,12 +263,16 @@ def union_profile(sets: Sequence[NeuronSet]) -> NeuronSet:
 
 def shared_random_pairs(
     sets: Sequence[NeuronSet], n_random: int, seed: int, *, stats: NeuronStats, match_frequency: bool = False,
+    template: NeuronSet | None = None,
 ) -> list[tuple[NeuronSet, NeuronSet]]:  # fmt: skip
     """``n_random`` (boosted, clamped) pairs of random sets, each layer-matched to the union profile of
-    ``sets`` and outside all of them, the two of a pair disjoint. A random neuron's ``v`` is its
-    activation probability averaged over every pole, so the null belongs to no dimension."""
-    template = union_profile(sets)
-    excluded = torch.stack([ns.mask() for ns in sets]).any(0)
+    ``sets`` (or to ``template``, e.g. one uniform over layers) and outside all of ``sets``, the two of a
+    pair disjoint. A random neuron's ``v`` is its activation probability averaged over every pole, so the
+    null belongs to no dimension."""
+    template = union_profile(sets) if template is None else template
+    excluded = torch.zeros(template.n_layers, template.d_mlp, dtype=torch.bool)
+    if sets:
+        excluded = torch.stack([ns.mask() for ns in sets]).any(0)
     prob = torch.zeros(template.n_layers, template.d_mlp)
     prob[torch.tensor(stats.layers)] = stats.activation_probability().mean(0).float().cpu()
     pairs = []

@@ -66,6 +66,18 @@ def _at_level(summary: pd.DataFrame, level: tuple[str, float] | None) -> pd.Data
     return summary[(summary.level == level[0]) & (summary["at"] == level[1])]  # summary.at is pandas' .at indexer
 
 
+def selector_verdicts(summary: pd.DataFrame, *, level: tuple[str, float] | None = None) -> pd.DataFrame:
+    """A comparison's verdict table (:meth:`vlens.selectors.CompareResult.summary`): :func:`verdict_table`'s
+    columns after ``selector`` and ``size`` (neurons per pole), one line per selector, size, dimension and direction."""
+    if summary.empty:
+        return pd.DataFrame(columns=["selector", "size", *VERDICT_COLUMNS])
+    s = _at_level(summary, level)  # as verdict_table: the first KL target, else the first level
+    table = verdict_table(s, level=tuple(s[["level", "at"]].iloc[0]) if len(s) else level)
+    table.insert(0, "selector", s.selector.to_numpy())
+    table.insert(1, "size", [f"{k:g}" for k in s["size"]])
+    return table
+
+
 def verdict_caption(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
     """What the verdict table is, how many items and random edits it rests on, and what the sizes allow."""
     if summary.empty:
@@ -299,11 +311,12 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     if (compare_dir / "compare_summary.csv").exists():
         summary = pd.read_csv(compare_dir / "compare_summary.csv")
         costs = pd.read_csv(compare_dir / "costs.csv") if (compare_dir / "costs.csv").exists() else pd.DataFrame()
-        figures = "".join((compare_dir / f"{name}.html").read_text() for name in ("shift_by_size", "shift_vs_kl", "overlap")
+        figures = "".join((compare_dir / f"{name}.html").read_text() for name in ("matched_effects", "shift_by_size", "shift_vs_kl", "overlap")
                           if (compare_dir / f"{name}.html").exists())  # fmt: skip
+        table = selector_verdicts(summary) if "verdict" in summary else _fmt(summary)  # earlier runs: per gamma
         sections.append("<h2>Baseline selectors</h2><p>Every selector's sets edited the same way (paper mode) and "
                         "compared with layer-matched random edits of the same size.</p>"
-                        + _fmt(summary).to_html(index=False, classes="table") + figures
+                        + table.to_html(index=False, classes="table") + figures
                         + "<h3>Cost of each selector</h3>" + _fmt(costs).to_html(index=False, classes="table"))  # fmt: skip
     done("baseline selectors")
 

@@ -31,7 +31,7 @@ import pandas as pd
 
 from vlens._io import VlensFileError, atomic_write, read_json, sha256_file, sha256_json, vlens_version, write_json
 from vlens.evaluate import Instruments
-from vlens.experiment import cells, circumplex_changes, random_seeds, summarise
+from vlens.experiment import Family, cells, circumplex_changes, random_seeds, summarise
 from vlens.interventions import _check_set, dosed_edit
 from vlens.locate import LocateResult
 from vlens.models import model_info
@@ -141,7 +141,7 @@ def validate(
     (:func:`vlens.evaluate.evaluate_edits`): ``"answer"`` (the last prompt token and the answer;
     the neutral text of the cost everywhere) or ``"all"``.
     """
-    from vlens.experiment import Family, dosed_conditions, prompted_conditions, run, shared_random_pairs
+    from vlens.experiment import shared_random_pairs
 
     if isinstance(neuron_sets, LocateResult):
         stats = stats or neuron_sets.stats
@@ -151,10 +151,7 @@ def validate(
     for ns in neuron_sets.values():
         _check_set(shape, ns, model)
     kl_targets, gammas = check_doses(kl_targets, gammas)
-    if n_random < 2:
-        raise ValueError(f"n_random must be at least 2 (a null needs a spread), got {n_random}")
-    if unknown := sorted(set(controls) - set(CONTROLS)):
-        raise ValueError(f"unknown control(s) {unknown}; expected some of {', '.join(CONTROLS)}")
+    check_null_and_controls(n_random, controls)
     if stats is None:
         raise ValueError("validate needs the NeuronStats the sets were located with (pass a LocateResult or stats=...)")
     located = dict.fromkeys(k.rsplit(":", 1)[0] for k in neuron_sets)
@@ -162,11 +159,7 @@ def validate(
     if missing := [f"{d}:{p}" for d in dims for p in "+-" if f"{d}:{p}" not in neuron_sets]:
         raise ValueError(f"no neuron set for {', '.join(missing)} (have: {', '.join(neuron_sets)})")
     if "steering" in controls and steering is None:  # from the shipped data's own contrastive prompts
-        from vlens.controls import steering_vectors
-        from vlens.data import build_prompts, load_value_data
-
-        steering = steering_vectors(model, build_prompts(load_value_data(), model, dimensions=dims, max_pairs=24),
-                                    batch_size=batch_size)  # fmt: skip
+        steering = default_steering(model, dims, batch_size=batch_size)
     instruments = instruments or Instruments.default(max_dilemmas=24, max_portrait=0, max_neutral=4)
     if not instruments.dilemmas:
         raise ValueError("validation needs dilemmas to measure orientation on; the instruments have none")
@@ -176,29 +169,21 @@ def validate(
     for d in dims:
         for direction in directions:
             target, opposing = neuron_sets[f"{d}:{direction}"], neuron_sets[f"{d}:{'-' if direction == '+' else '+'}"]
-            make = lambda g, t=target, o=opposing: dosed_edit(shape, t, o, g, keep_prob=keep_prob, seed=seed)  # noqa: E731
-            families.append(Family("value", make, d, direction, size=len(target), selector=target.method))
+            families.append(value_family(shape, target, opposing, d, direction, selector=target.method, keep_prob=keep_prob,
+                                         seed=seed))  # fmt: skip
             families += _control_families(model, stats, steering, controls, d, direction)
     value_sets = [neuron_sets[f"{d}:{p}"] for d in dims for p in "+-"]
-    for r, (boost, clamp) in enumerate(shared_random_pairs(value_sets, n_random, seed, stats=stats,
-                                                            match_frequency=match_frequency)):  # fmt: skip
-        make = lambda g, b=boost, c=clamp, r=r: dosed_edit(shape, b, c, g, keep_prob=keep_prob, seed=random_seeds(seed, r)[0])  # noqa: E731
-        families.append(Family("random", make, seed=r, size=len(boost), selector="random"))
-    conditions, calibration = dosed_conditions(model, families, instruments, kl_targets=kl_targets, gammas=gammas,
-                                               max_dose=max_dose, tol=tol, batch_size=batch_size, progress=progress)  # fmt: skip
-    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
-    prompted_meta = None
-    if "prompted" in controls:
-        descriptions, held_out = _held_out_descriptions(descriptions)
-        table = pd.concat([table, prompted_conditions(model, instruments, descriptions, directions=directions, seed=seed,
-                                                      batch_size=batch_size)], ignore_index=True)  # fmt: skip
-        prompted_meta = {"descriptions": len(descriptions), "held_out": held_out}
+    pairs = shared_random_pairs(value_sets, n_random, seed, stats=stats, match_frequency=match_frequency)
+    families += random_families(shape, pairs, selector="random", keep_prob=keep_prob, seed=seed)
+    table, calibration, prompted_meta, n_conditions = evaluate_families(
+        model, families, instruments, kl_targets=kl_targets, gammas=gammas, max_dose=max_dose, tol=tol, controls=controls,
+        descriptions=descriptions, directions=directions, seed=seed, batch_size=batch_size, progress=progress, scope=scope)  # fmt: skip
     meta = {
         "model": info.to_dict(), "vlens_version": vlens_version(), "dimensions": dims, "directions": list(directions),
         "kl_targets": kl_targets, "gammas": gammas, "n_random": n_random, "controls": list(controls),
         "prompted": prompted_meta, "dilemma_variant": instruments.dilemma_variant, "max_dose": max_dose, "tol": tol,
         "scope": scope,
-        "match_frequency": match_frequency, "seed": seed, "keep_prob": keep_prob, "n_conditions": len(conditions) + 1,
+        "match_frequency": match_frequency, "seed": seed, "keep_prob": keep_prob, "n_conditions": n_conditions,
         "instrument_sizes": {k: len(v) for k, v in instruments.items().items()},
         "instruments_sha256": sha256_json(instruments.items()),
         "neuron_sets": {k: {"size": len(v), "provenance_dataset": v.provenance.get("dataset_sha256"),
@@ -222,15 +207,75 @@ def check_doses(kl_targets: Sequence[float], gammas: Sequence[float]) -> tuple[l
     return kl_targets, gammas
 
 
-def _held_out_descriptions(descriptions: Sequence[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], bool]:
-    """The prompted control's descriptions (default: the shipped data's ``test`` ones; v1 data has no
-    description split, so it states locate's own), and whether locate never saw them."""
+def _held_out_descriptions(descriptions: Sequence[dict[str, Any]] | None, data: Any = None) -> tuple[list[dict[str, Any]], bool]:
+    """The prompted control's descriptions (default: the ``test`` ones of ``data``, else of the shipped data;
+    v1 data has no description split, so it states locate's own), and whether locate never saw them."""
     if descriptions is None:
         from vlens.data import load_value_data
 
-        descriptions = load_value_data().descriptions_of("test")
+        descriptions = (data or load_value_data()).descriptions_of("test")
     descriptions = list(descriptions)
     return descriptions, bool(descriptions) and all(d.get("split") == "test" for d in descriptions)
+
+
+def check_null_and_controls(n_random: int, controls: Sequence[str]) -> None:
+    """One clear error for a null without a spread or an unknown positive control."""
+    if n_random < 2:
+        raise ValueError(f"n_random must be at least 2 (a null needs a spread), got {n_random}")
+    if unknown := sorted(set(controls) - set(CONTROLS)):
+        raise ValueError(f"unknown control(s) {unknown}; expected some of {', '.join(CONTROLS)}")
+
+
+def default_steering(model: Any, dims: Sequence[str], *, data: Any = None, prompts: Sequence[Any] | None = None,
+                     batch_size: int = 32) -> Any:  # fmt: skip
+    """The steering-vector control's default vectors: from ``prompts`` (locate's contrastive prompts) when
+    given, else from 24 contrastive prompt pairs per dimension of ``data`` (default: the shipped data)."""
+    from vlens.controls import steering_vectors
+    from vlens.data import build_prompts, load_value_data
+
+    if prompts is None:
+        prompts = build_prompts(data or load_value_data(), model, dimensions=list(dims), max_pairs=24)
+    return steering_vectors(model, prompts, batch_size=batch_size)
+
+
+def value_family(shape: tuple[int, int], target: NeuronSet, opposing: NeuronSet, d: str, direction: str, *, selector: str,
+                 keep_prob: float, seed: int) -> Family:  # fmt: skip
+    """Steering ``d`` toward ``direction`` with ``target`` boosted and ``opposing`` clamped, its gamma free."""
+    make = lambda g: dosed_edit(shape, target, opposing, g, keep_prob=keep_prob, seed=seed)  # noqa: E731
+    return Family("value", make, d, direction, size=len(target), selector=selector)
+
+
+def random_families(shape: tuple[int, int], pairs: Sequence[tuple[NeuronSet, NeuronSet]], *, selector: str,
+                    keep_prob: float, seed: int) -> list[Family]:  # fmt: skip
+    """The shared null's families, one per (boosted, clamped) pair r, with random edit r's Bernoulli seed."""
+    def make(boost: NeuronSet, clamp: NeuronSet, r: int) -> Any:
+        return lambda g: dosed_edit(shape, boost, clamp, g, keep_prob=keep_prob, seed=random_seeds(seed, r)[0])
+
+    return [Family("random", make(b, c, r), seed=r, size=len(b), selector=selector) for r, (b, c) in enumerate(pairs)]
+
+
+def evaluate_families(
+    model: Any, families: Sequence[Family], instruments: Instruments, *, kl_targets: Sequence[float],
+    gammas: Sequence[float], max_dose: dict[str, float], tol: float, controls: Sequence[str],
+    descriptions: Sequence[dict[str, Any]] | None, directions: Sequence[str] = ("+", "-"), data: Any = None,
+    seed: int = 0, batch_size: int = 32, progress: bool = True, scope: str = "answer",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any] | None, int]:  # fmt: skip
+    """Every family at every dose (one :func:`vlens.experiment.dosed_conditions` call, one
+    :func:`vlens.experiment.run`), plus the prompted control when ``controls`` has it (its descriptions
+    default to the ``test`` ones of ``data``). Returns the tidy table, the calibration, the prompted
+    control's record and the number of conditions evaluated."""
+    from vlens.experiment import dosed_conditions, prompted_conditions, run
+
+    conditions, calibration = dosed_conditions(model, families, instruments, kl_targets=kl_targets, gammas=gammas,
+                                               max_dose=max_dose, tol=tol, batch_size=batch_size, progress=progress)  # fmt: skip
+    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
+    prompted_meta = None
+    if "prompted" in controls:
+        descriptions, held_out = _held_out_descriptions(descriptions, data)
+        table = pd.concat([table, prompted_conditions(model, instruments, descriptions, directions=directions, seed=seed,
+                                                      batch_size=batch_size)], ignore_index=True)  # fmt: skip
+        prompted_meta = {"descriptions": len(descriptions), "held_out": held_out}
+    return table, calibration, prompted_meta, len(conditions) + 1
 
 
 def _control_families(model: Any, stats: NeuronStats, steering: Any, controls: Sequence[str], d: str, direction: str) -> list:

@@ -105,10 +105,9 @@ CAPTIONS: dict[str, str] = {  # what to look for, one sentence per figure: the r
     "cut-off inside the grey bulk selects neurons whose scores may differ by chance.",
     "overlap_heatmap": "Sets of different dimensions should share few neurons, except opposing poles of opposing "
     "dimensions (Openness_to_Change + with Conservation -), which theory predicts to overlap.",
-    "compare_shift_by_size": "A selector that finds neurons that matter stays above the grey random band at every "
-    "neuron budget; a line inside the band does no better than random sets of the same size.",
-    "compare_shift_vs_kl": "The better selector moves its dimension further toward the pole for the same KL, above "
-    "the grey random edits.",
+    "compare_matched_effects": "A selector that finds neurons that matter stands above the grey band of random edits "
+    "of its size at the same KL, reaching toward the dashed prompted line; a point inside the band does no better than "
+    "random sets of the same size.",
     "compare_overlap": "How far the selectors agree: a Jaccard near 1 means they pick the same neurons, near 0 "
     "different ones.",
 }
@@ -1098,80 +1097,78 @@ def leakage_heatmap(
     return fig
 
 
-def compare_figures(result: Any, metric: str = "orientation") -> dict[str, Figure]:
-    """The figures of a selector comparison (:func:`vlens.selectors.compare`): ``shift_by_size`` (shift per
-    neuron budget, each selector, random mean +- sd in grey), ``shift_vs_kl`` (the Pareto view: shift against
-    KL, random edits as grey crosses) and ``overlap`` (mean Jaccard between selectors per size). Each has a
-    ``caption`` (``CAPTIONS["compare_<name>"]``)."""
-    with matplotlib.rc_context(_RC):
-        s = result.summary(metric)
-        names = result.meta.get("selectors") or sorted(s.selector.unique())
-        palette = iter(SELECTOR_COLORS * (1 + len(names) // len(SELECTOR_COLORS)))
-        colors = {n: COLORS["random"] if n == "random" else next(palette) for n in names}
-        return {"shift_by_size": _finish(_compare_by_size(s, names, colors, metric), "compare_shift_by_size"),
-                "shift_vs_kl": _finish(_compare_vs_kl(result, s, names, colors, metric), "compare_shift_vs_kl"),
-                "overlap": _finish(_compare_overlap(result, names), "compare_overlap")}  # fmt: skip
-
-
-def _compare_by_size(s: pd.DataFrame, names: list[str], colors: dict[str, str], metric: str) -> Figure:
-    panels = [(d, g) for d in s.steered.unique() for g in sorted(s.gamma.unique())]
-    fig = _figure(10.0, 1.2 + 3.0 * len(panels))
-    axes = fig.subplots(len(panels), 2, squeeze=False)
-    sizes = sorted(s["size"].unique())
-    for row, (dim, gamma) in enumerate(panels):
+def compare_effects(result: Any, *, level: tuple[str, float] | None = None) -> Figure:
+    """A comparison's verdicts in one figure (:func:`vlens.selectors.compare`; its result or its summary):
+    per (dimension, direction), every selector's effect at one dose level (default: the first KL target),
+    grouped by set size, with its 95% interval over items. The grey band is the null of that size (the
+    random edits' mean +- 2 sd): a selector whose point stands above it beats random. The horizontal
+    lines are the controls at the same cost (steering vector, dense MLP edit) and the prompted control
+    (dashed: the value stated in the prompt, the ceiling). Larger points: verdict "beats random"."""
+    s = result if isinstance(result, pd.DataFrame) else result.summary()
+    if s.empty or "verdict" not in s or "selector" not in s:
+        raise ValueError("expected a comparison's verdict table (CompareResult.summary()): no selector verdicts to draw")
+    levels = list(dict.fromkeys(zip(s.level, s["at"], strict=True)))
+    if level is None:
+        level = next((lv for lv in levels if lv[0] == "kl"), levels[0])
+    elif tuple(level) not in levels:
+        raise ValueError(f"level {tuple(level)} is not in the summary (it has {', '.join(f'{a}={b:g}' for a, b in levels)})")
+    s = s[(s.level == level[0]) & (s["at"] == level[1])]
+    names, ks, dims = list(dict.fromkeys(s.selector)), sorted(s["size"].unique()), list(dict.fromkeys(s.steered))
+    palette = iter(SELECTOR_COLORS * (1 + len(names) // len(SELECTOR_COLORS)))
+    colors = {n: COLORS["random"] if n == "random" else next(palette) for n in names}
+    fig = _figure(min(MAX_WIDTH, 4.5 + 2 * (0.6 + 0.12 * len(names) * len(ks))), 1.4 + 3.2 * len(dims))  # the legend: ~3.5 in at the right
+    axes = fig.subplots(len(dims), 2, squeeze=False, sharey="row")
+    dodge = (np.arange(len(names)) - (len(names) - 1) / 2) * 0.8 / len(names)  # the selectors side by side within a size
+    for row, dim in enumerate(dims):
         for col, direction in enumerate(POLES):
-            ax = axes[row][col]
-            part = s[(s.steered == dim) & (s.gamma == gamma) & (s.direction == direction)].sort_values("size")
-            ref = part.drop_duplicates("size")
-            if len(ref) > 1:
-                ax.fill_between(ref["size"], ref.random_mean - ref.random_sd, ref.random_mean + ref.random_sd,
-                                color=COLORS["random"], alpha=0.25, lw=0)  # fmt: skip
-            # the random edits' mean +/- sd also as error bars, a little to the right: visible with one size too
-            ax.errorbar(ref["size"] * 1.06, ref.random_mean, yerr=ref.random_sd.fillna(0.0), fmt="_", ms=14, mew=2, capsize=5,
-                        lw=2, color=COLORS["random"], label="random edits: mean ± sd")  # fmt: skip
-            for name in names:
-                p = part[part.selector == name]
-                ax.plot(p["size"], p["shift"], marker="o", color=colors[name], ls="--" if name == "random" else "-",
-                        label=f"selector {name}")  # fmt: skip
-            ax.axhline(0, **_UNEDITED_LINE)
-            ax.set_xscale("log")
-            ax.set_xticks(sizes, [f"{int(k):,}" for k in sizes])
-            ax.minorticks_off()
-            ax.set_title(f"{dim} toward {direction}, gamma {gamma:g}")
-            ax.grid(alpha=0.3)
-            if row == len(panels) - 1:
-                ax.set_xlabel("neurons per pole")
-        axes[row][0].set_ylabel(f"{metric} shift")
-    _legend_below(fig, ncols=4)
-    fig.suptitle("Selectors against random sets, by neuron budget")
+            ax, part = axes[row][col], s[(s.steered == dim) & (s.direction == direction)]
+            if part.empty:
+                ax.set_axis_off()
+                continue
+            for j, k in enumerate(ks):
+                at_k = part[part["size"] == k]
+                if len(at_k):
+                    m, sd = float(at_k.null_mean.iloc[0]), float(at_k.null_sd.iloc[0])
+                    ax.fill_between([j - 0.45, j + 0.45], m - 2 * sd, m + 2 * sd, color="0.85", lw=0,
+                                    label="random edits of the same size: mean +- 2 sd")  # fmt: skip
+                for x, name in zip(j + dodge, names, strict=True):
+                    r = at_k[at_k.selector == name]
+                    if r.empty:
+                        continue
+                    r = r.iloc[0]
+                    ci = np.clip([[r.effect - r.ci_low], [r.ci_high - r.effect]], 0, None)  # a BCa interval may miss the mean
+                    ci = ci if np.isfinite(ci).all() else None
+                    ax.errorbar(x, r.effect, yerr=ci, fmt="o", color=colors[name], capsize=2, label=name,
+                                ms=8 if r.verdict == "beats random" else 5)  # fmt: skip
+            for source in ("steering", "dense"):
+                if pd.notna(part.get(f"{source}_shift", pd.Series(dtype=float))).any():
+                    ax.axhline(float(part[f"{source}_shift"].dropna().iloc[0]), color=FAMILY_STYLE[source]["color"],
+                               ls="-.", lw=1.5, label=f"{FAMILY_STYLE[source]['label']} at the same cost")  # fmt: skip
+            if pd.notna(part.get("prompted_shift", pd.Series(dtype=float))).any():
+                ax.axhline(float(part.prompted_shift.dropna().iloc[0]), color="black", ls="--", lw=1,
+                           label="prompted (ceiling)")  # fmt: skip
+            ax.axhline(0.0, color="black", lw=0.6)
+            ax.set_xticks(range(len(ks)), [f"{k:g}" for k in ks], fontsize=9)
+            ax.set_xlim(-0.6, len(ks) - 0.4)
+            ax.set_xlabel("neurons per pole", fontsize=10)
+            ax.set_title(f"{dim} toward {direction}", fontsize=11)
+            ax.grid(axis="y", alpha=0.3)
+        axes[row][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9, frameon=False)
+    at = f"KL {level[1]:g} nats/token on neutral text" if level[0] == "kl" else f"gamma {level[1]:g}"
+    fig.suptitle(f"Selectors against random edits of the same size\nat matched cost ({at})", fontsize=13)
     return fig
 
 
-def _compare_vs_kl(result: Any, s: pd.DataFrame, names: list[str], colors: dict[str, str], metric: str) -> Figure:
-    dims = list(s.steered.unique())
-    ncols = min(2, len(dims))
-    nrows = math.ceil(len(dims) / ncols)
-    fig = _figure(1.0 + 4.8 * ncols, 1.4 + 3.6 * nrows)
-    grid = fig.subplots(nrows, ncols, squeeze=False)
-    _hide_unused(fig, grid, len(dims))
-    edits = experiment.per_condition(result, metric)
-    for ax, dim in zip(grid.flat, dims, strict=False):
-        rnd = edits[(edits.source == "random") & (edits.steered == dim)]
-        ax.scatter(rnd.cost, rnd["shift"], marker="x", s=30, lw=1.2, color=COLORS["random"], label="random edits")
-        for name in names:
-            for direction, marker in (("+", "o"), ("-", "v")):
-                p = s[(s.steered == dim) & (s.selector == name) & (s.direction == direction)]
-                ax.scatter(p.kl, p["shift"], marker=marker, s=45, color=colors[name], label=f"{name} toward {direction}")
-        ax.axhline(0, **_UNEDITED_LINE)
-        ax.set_xlabel("KL from the unedited model (nats/token)")
-        ax.set_title(dim)
-        ax.grid(alpha=0.3)
-        _compact_ticks(ax.xaxis)
-    for row in grid:
-        row[0].set_ylabel(f"{metric} shift toward the pole")
-    _legend_below(fig, ncols=4)
-    fig.suptitle("Selectors: shift against cost")
-    return fig
+def compare_figures(result: Any, *, level: tuple[str, float] | None = None) -> dict[str, Figure]:
+    """The figures of a selector comparison (:func:`vlens.selectors.compare`): ``matched_effects``
+    (:func:`compare_effects` at ``level``, default the first KL target) and ``overlap`` (mean Jaccard
+    between selectors per size)."""
+    names = result.meta.get("selectors") or sorted(result.overlap.selector_a.unique())
+    with matplotlib.rc_context(_RC):
+        return {"matched_effects": _finish(compare_effects(result, level=level), "compare_matched_effects"),
+                "overlap": _finish(_compare_overlap(result, names), "compare_overlap")}
 
 
 def _compare_overlap(result: Any, names: list[str]) -> Figure:
@@ -1257,6 +1254,7 @@ __all__ = [
     "COLORS",
     "POLE_COLORS",
     "circuitsvis_html",
+    "compare_effects",
     "compare_figures",
     "cost_vs_gamma",
     "figure_html",

@@ -1,8 +1,16 @@
-"""compare: every selector's sets edited the same way, against the same size-matched random controls."""
+"""compare: every selector's sets edited the same way, each at a dose matched on KL, against one random null per set size.
+
+The design of :func:`vlens.validate.validate`, on the same core (:mod:`vlens.experiment`): every
+family (each selector's value edit per dimension, size and direction; ``n_random`` random edits
+per size; the steering-vector and dense-MLP controls per dimension and direction) is calibrated
+to each KL target by one :func:`~vlens.experiment.dosed_conditions` call and evaluated in one
+:func:`~vlens.experiment.run`, beside the prompted control. :meth:`CompareResult.summary` gives
+one verdict per (selector, size, dimension, direction), each (selector, size) against the random
+edits of its size (:func:`vlens.experiment.cells`).
+"""
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
@@ -13,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from vlens._io import atomic_write, sha256_json, vlens_version, write_json
 from vlens.data import Prompt, ValueData
 from vlens.evaluate import Instruments
-from vlens.experiment import check_design, run, steering_conditions, summarise
+from vlens.experiment import cells, shared_random_pairs, summarise
 from vlens.interventions import _check_set
 from vlens.locate import LocateResult
 from vlens.models import model_info
@@ -25,9 +34,19 @@ from vlens.neurons import NeuronSet, provenance_of
 from vlens.selectors.attribution import AttributionOptions
 from vlens.selectors.base import Selector, SelectorContext, run_selector
 from vlens.selectors.probe import ProbeOptions
-from vlens.selectors.random import random_selector
 from vlens.selectors.registry import SELECTORS, get_selector
 from vlens.stats import NeuronStats
+from vlens.validate import (
+    CONTROLS,
+    MAX_DOSE,
+    _control_families,
+    check_doses,
+    check_null_and_controls,
+    default_steering,
+    evaluate_families,
+    random_families,
+    value_family,
+)
 from vlens.values import POLES
 from vlens.values import dimension as dimension_of
 
@@ -36,25 +55,37 @@ DEFAULT_SIZES = (0.001, 0.005, 0.01, 0.02)
 
 @dataclass
 class CompareResult:
-    """The tidy table of a comparison, the sets, their overlap and the selectors' cost."""
+    """The tidy table of a comparison, the dose calibration, the sets, their overlap and the selectors' cost."""
 
     table: pd.DataFrame
     overlap: pd.DataFrame  # dimension, pole, size, selector_a, selector_b, jaccard
     costs: pd.DataFrame  # selector, wall_s, forward_passes, backward_passes
     neuron_sets: dict[tuple[str, str, str, int], NeuronSet] = field(default_factory=dict)  # (selector, dim, pole, k)
     meta: dict[str, Any] = field(default_factory=dict)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per family and KL target
 
-    def summary(self, metric: str = "orientation") -> pd.DataFrame:
-        """:func:`vlens.experiment.summarise`, with the mean directed delta of each target set and its fallback count."""
-        s = summarise(self.table, metric)
+    def summary(self, **kwargs: Any) -> pd.DataFrame:
+        """The verdicts (:func:`vlens.experiment.cells`, keyword arguments passed on): one row per dose level,
+        selector, size, dimension and direction, each (selector, size) against the random edits of its size;
+        with the mean directed delta of each target set (``target_delta``) and its fallback count."""
+        s = cells(self.table, **kwargs)
+        if "selector" not in s:  # one selector and one size: cells leaves them out; a comparison always shows them
+            edits = self.table[self.table.source == "value"]
+            s = s.assign(selector=edits.selector.iloc[0], size=edits["size"].iloc[0])
         sets = [self.neuron_sets.get((r.selector, r.steered, r.direction, int(r.size))) for r in s.itertuples()]
         return s.assign(target_delta=[float(ns.delta.mean()) if ns and ns.delta is not None else math.nan for ns in sets],
                         n_fallback=[int(ns.params.get("n_fallback", 0)) if ns else 0 for ns in sets])  # fmt: skip
 
+    def shifts(self, metric: str = "orientation") -> pd.DataFrame:
+        """Per value edit, the change of ``metric`` beside the random edits of its size and dose
+        (:func:`vlens.experiment.summarise`; the per-gamma view, for doses given by hand)."""
+        return summarise(self.table, metric)
+
     def save(self, folder: str | os.PathLike) -> Path:
+        """The table, its verdicts, the calibration, the overlap, the costs, the sets and the metadata."""
         folder = Path(folder)
-        for name, df in (("compare", self.table), ("compare_summary", self.summary()), ("overlap", self.overlap),
-                         ("costs", self.costs)):  # fmt: skip
+        for name, df in (("compare", self.table), ("compare_summary", self.summary()), ("calibration", self.calibration),
+                         ("overlap", self.overlap), ("costs", self.costs)):  # fmt: skip
             atomic_write(folder / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
         for (sel, dim, pole, k), ns in self.neuron_sets.items():
             ns.save(folder / "sets" / f"{sel}_{dim}_{'plus' if pole == '+' else 'minus'}_{k}")
@@ -81,22 +112,28 @@ def set_sizes(stats: NeuronStats, sizes: Sequence[float | int]) -> list[int]:
 def compare(
     model: Any, stats: NeuronStats | LocateResult, *, dimensions: Sequence[str] | None = None,
     sizes: Sequence[float | int] = DEFAULT_SIZES, selectors: Sequence[str] | Mapping[str, Selector] | None = None,
-    instruments: Instruments | None = None, gammas: Sequence[float] = (1.0,), n_random: int = 10,
-    random_match: str | None = "delta", data: ValueData | None = None, prompts: Sequence[Prompt] | None = None,
-    dilemmas: Sequence[dict[str, Any]] | None = None, n_attribution_items: int = 16, probe_C: float = 1.0,
-    keep_prob: float = 0.9, seed: int = 0, batch_size: int = 32, selector_batch_size: int = 8, progress: bool = True,
-    scope: str = "answer",
+    instruments: Instruments | None = None, kl_targets: Sequence[float] = (0.1,), gammas: Sequence[float] = (),
+    n_random: int = 20, controls: Sequence[str] = CONTROLS, descriptions: Sequence[dict[str, Any]] | None = None,
+    steering: Any = None, random_match: str | None = "delta", match_frequency: bool = False,
+    max_dose: dict[str, float] | None = None, tol: float = 0.1, data: ValueData | None = None,
+    prompts: Sequence[Prompt] | None = None, dilemmas: Sequence[dict[str, Any]] | None = None,
+    n_attribution_items: int = 16, probe_C: float = 1.0, keep_prob: float = 0.9, seed: int = 0, batch_size: int = 32,
+    selector_batch_size: int = 8, progress: bool = True, scope: str = "answer",
 ) -> CompareResult:  # fmt: skip
-    """Compare selectors on the same footing (see :mod:`vlens.selectors`).
+    """Compare selectors on the same footing (see :mod:`vlens.selectors` and the module docstring).
 
-    For every selector, dimension and size (:func:`set_sizes`) the ``+`` and ``-`` sets are
-    built, and the paper's edit (``value_edit``, mode ``paper``, toward ``+`` and toward
-    ``-``: the target pole's set boosted, the other clamped) is evaluated at every gamma,
-    together with ``n_random`` random edits per dimension, direction, size and gamma, all
-    in one :func:`vlens.experiment.run` (batched; data-parallel under torchrun), same Bernoulli seeds.
-    Random controls and the ``random`` selector are layer-matched to the sets of
-    ``random_match`` (a selector name, default the paper's ``delta``; ``"each"``: every
-    selector gets its own controls; ``None``: uniform), excluding those sets' neurons.
+    For every selector, dimension and size (:func:`set_sizes`) the ``+`` and ``-`` sets are built;
+    the paper's edit toward ``+`` and toward ``-`` (the target pole's set boosted, the other clamped)
+    is one dose family, calibrated to each of ``kl_targets`` (nats/token on neutral text) and also
+    run at each hand-given gamma in ``gammas``. The null of size k is ``n_random`` random edits
+    (:func:`vlens.experiment.shared_random_pairs`) layer-matched to the union profile of the sets of
+    size k of ``random_match`` (a selector name, default the paper's ``delta``; its sets are built
+    even when it is not compared), outside them; ``None``: uniform over the statistics' layers. The
+    ``random`` selector matches the same reference sets. ``controls`` (as in
+    :func:`vlens.validate.validate`): the prompted control (``descriptions``, default the ``test``
+    descriptions of ``data``), the steering vectors (``steering``, default from ``prompts``, else
+    from ``data``) and the dense MLP edit, once per dimension and direction, at the same KL targets.
+
     ``data`` is the run's value data (default: the shipped data): the default instruments, the
     probe's prompts (unless ``prompts`` are given) and the attribution dilemmas come from it.
     Attribution patching differentiates ``dilemmas`` (default: up to ``n_attribution_items``
@@ -110,11 +147,16 @@ def compare(
     funcs: dict[str, Selector] = dict(selectors) if isinstance(selectors, Mapping) else {}
     for name in names:
         funcs[name] = funcs.get(name) or get_selector(name)
-    gammas = check_design(gammas, n_random)
-    if random_match not in (None, "each") and random_match not in SELECTORS and random_match not in funcs:
-        raise ValueError(f"random_match must be a selector name, 'each' or None, got {random_match!r}")
-    ref_name = random_match if random_match not in (None, "each") else None
-    if ref_name:  # its sets are built even when it is not compared: the random controls match them
+    kl_targets, gammas = check_doses(kl_targets, gammas)
+    check_null_and_controls(n_random, controls)
+    if random_match == "each":
+        raise ValueError("random_match='each' is gone: a comparison has one shared null per set size; give a selector "
+                         "name to match its layer profile (default 'delta') or None for uniform over layers")  # fmt: skip
+    if random_match is not None and (random_match == "random" or random_match not in {*SELECTORS, *funcs}):
+        raise ValueError(f"random_match must name a selector other than 'random' (e.g. 'delta') or be None (uniform over "
+                         f"layers), got {random_match!r}")  # fmt: skip
+    ref_name = random_match
+    if ref_name:  # its sets are built even when it is not compared: the random edits match them
         funcs[ref_name] = funcs.get(ref_name) or SELECTORS[ref_name]
     all_dims = list(dict.fromkeys(c.rsplit(":", 1)[0] for c in stats.classes))
     dims = [dimension_of(d).name for d in dimensions] if dimensions else all_dims
@@ -122,7 +164,9 @@ def compare(
         raise ValueError(f"no statistics for {missing} (have: {', '.join(all_dims)})")
     ks = set_sizes(stats, sizes)
     ctx = SelectorContext(stats, model, data, prompts, seed, selector_batch_size)
-    instruments = instruments or Instruments.default(ctx.value_data(), max_dilemmas=20, max_portrait=38, max_neutral=8)
+    instruments = instruments or Instruments.default(ctx.value_data(), max_dilemmas=20, max_portrait=0, max_neutral=8)
+    if not instruments.dilemmas:
+        raise ValueError("a comparison needs dilemmas to measure orientation on; the instruments have none")
     if dilemmas is None and "attribution" in funcs:
         used = {d.get("id") for d in instruments.dilemmas}
         dilemmas = [d for dim in dims for d in [x for x in ctx.value_data().dilemmas
@@ -147,22 +191,28 @@ def compare(
     for ns in sets.values():
         _check_set(shape, ns, model)
 
-    # 2. the conditions: every selector's paper edit, then the random controls (one shared pool, or one per selector)
-    pools = names if random_match == "each" else [ref_name or "uniform"]
-    conditions = []
-    for dim, k, direction, gamma in itertools.product(dims, ks, POLES, gammas):
-        other = "-" if direction == "+" else "+"
-        for name in names:
-            conditions += steering_conditions(shape, sets[(name, dim, direction, k)], sets[(name, dim, other, k)], [gamma],
-                                              selector=name, keep_prob=keep_prob, seed=seed)  # fmt: skip
-        for pool in pools:
-            like = names[0] if pool == "uniform" else pool  # a uniform draw takes only the labels of its sets
-            draw = partial(_uniform_pair, stats, dim, direction, k) if pool == "uniform" else None
-            conditions += steering_conditions(shape, sets[(like, dim, direction, k)], sets[(like, dim, other, k)], [gamma],
-                                              modes=(), n_random=n_random, selector=pool, stats=stats, draw=draw,
-                                              keep_prob=keep_prob, seed=seed)  # fmt: skip
+    # 2. the dose families: every selector's value edit, the null of each size, the controls once per cell
+    families = [value_family(shape, sets[(name, dim, direction, k)], sets[(name, dim, _other(direction), k)], dim,
+                             direction, selector=name, keep_prob=keep_prob, seed=seed)
+                for name in names for dim in dims for k in ks for direction in POLES]  # fmt: skip
+    pool = ref_name or "uniform"
+    for k in ks:
+        reference = [sets[(ref_name, dim, pole, k)] for dim in dims for pole in POLES] if ref_name else []
+        template = None if ref_name else _uniform_template(stats, k, shape, dims[0])
+        pairs = shared_random_pairs(reference, n_random, seed, stats=stats, match_frequency=match_frequency,
+                                    template=template)  # fmt: skip
+        families += random_families(shape, pairs, selector=pool, keep_prob=keep_prob, seed=seed)
+    if "steering" in controls and steering is None:
+        own = [p for p in prompts or () if p.dimension in dims] or None  # locate's own prompts, where given
+        steering = default_steering(model, dims, data=ctx.value_data(), prompts=own, batch_size=batch_size)
+    for dim in dims:
+        for direction in POLES:
+            families += _control_families(model, stats, steering, controls, dim, direction)
+    max_dose = MAX_DOSE | (max_dose or {})
     start = time.perf_counter()
-    table = run(model, conditions, instruments, batch_size=batch_size, progress=progress, scope=scope)
+    table, calibration, prompted_meta, n_conditions = evaluate_families(
+        model, families, instruments, kl_targets=kl_targets, gammas=gammas, max_dose=max_dose, tol=tol, controls=controls,
+        descriptions=descriptions, data=ctx.data, seed=seed, batch_size=batch_size, progress=progress, scope=scope)  # fmt: skip
     eval_s = time.perf_counter() - start
 
     overlap = pd.DataFrame(
@@ -174,18 +224,30 @@ def compare(
     meta = {
         "model": info.to_dict(), "vlens_version": vlens_version(), "provenance": provenance_of(stats), "dimensions": dims,
         "sizes": ks, "size_fractions": [k / (len(stats.layers) * stats.d_mlp) for k in ks], "selectors": names,
-        "gammas": gammas, "n_random": n_random, "random_match": random_match, "keep_prob": keep_prob, "seed": seed,
-        "scope": scope, "probe_C": probe_C, "n_conditions": len(conditions) + 1, "evaluation_wall_s": eval_s,
+        "kl_targets": kl_targets, "gammas": gammas, "n_random": n_random, "random_match": random_match, "null": pool,
+        "match_frequency": match_frequency, "controls": list(controls), "prompted": prompted_meta,
+        "dilemma_variant": instruments.dilemma_variant, "max_dose": max_dose, "tol": tol, "keep_prob": keep_prob,
+        "seed": seed, "scope": scope, "probe_C": probe_C, "n_conditions": n_conditions, "evaluation_wall_s": eval_s,
         "instrument_sizes": {k: len(v) for k, v in instruments.items().items()}, "instruments_sha256": sha256_json(vars(instruments)),
         "attribution_dilemmas": sorted(d.get("id", "") for d in dilemmas) if dilemmas is not None else None,
         "sets": {f"{s}|{d}|{p}|{k}": ns.params for (s, d, p, k), ns in sets.items() if s in names},
     }  # fmt: skip
     kept = {key: ns for key, ns in sets.items() if key[0] in names}
-    return CompareResult(table, overlap, costs, kept, meta)
+    result = CompareResult(table, overlap, costs, kept, meta, calibration)
+    result.summary()  # a table that cannot be summarised fails here, not later in the report
+    return result
 
 
-def _uniform_pair(stats: NeuronStats, dim: str, direction: str, k: int, *seeds: int) -> tuple[NeuronSet, NeuronSet]:
-    """Random target and opposing sets of ``k`` neurons, uniform over the statistics' layers (``random_match=None``)."""
-    other = "-" if direction == "+" else "+"
-    return (random_selector(SelectorContext(stats, seed=seeds[0]), dim, direction, k),
-            random_selector(SelectorContext(stats, seed=seeds[1]), dim, other, k))  # fmt: skip
+def _other(pole: str) -> str:
+    return "-" if pole == "+" else "+"
+
+
+def _uniform_template(stats: NeuronStats, k: int, shape: tuple[int, int], dim: str) -> NeuronSet:
+    """A template of ``k`` neurons spread evenly over the statistics' layers (the first ``k % L`` layers one
+    more): the null of ``random_match=None``, uniform over layers. Only its counts per layer matter."""
+    layers = torch.tensor(stats.layers)
+    counts = torch.full((len(layers),), k // len(layers), dtype=torch.long)
+    counts[: k % len(layers)] += 1
+    per_layer = torch.repeat_interleave(layers, counts)
+    neurons = torch.cat([torch.arange(int(c)) for c in counts])
+    return NeuronSet(dim, "+", per_layer, neurons, torch.zeros(k), *shape, method="uniform", provenance=provenance_of(stats))
