@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, so that `imp
 
 TOP_NEURONS = 10  # rows of a neuron set's table of top neurons
 TOP_PER_SET = 5  # neurons per set in a locate result's table
-COMPARE_COLUMNS = ["selector", "steered", "direction", "size", "gamma", "shift", "random_mean", "random_sd", "z", "p", "kl",
-                   "target_delta"]  # fmt: skip
+COMPARE_COLUMNS = ["selector", "size", "steered", "direction", "effect", "ci_low", "ci_high", "null_mean", "null_sd", "z",
+                   "p_greater_holm", "kl", "verdict", "target_delta"]  # fmt: skip
 
 
 def _img(fig: Figure) -> str:
@@ -131,8 +131,8 @@ def validation_html(result: ValidationResult) -> str:
 
 
 def compare_html(result: CompareResult) -> str:
-    """A selector comparison as HTML: its summary (one row per selector, dimension, direction, size and gamma,
-    beside the random edits) and its shift-per-neuron-budget figure."""
+    """A selector comparison as HTML: its verdicts (one row per selector, size, dimension and direction, against
+    the random edits of that size at matched cost) and its matched-effects figure."""
     from vlens import viz
 
     summary = result.summary()
