@@ -22,6 +22,7 @@ HEADLINE_COLUMNS = ["steered", "direction", "gamma", "baseline", "edited", "shif
                     "kl", "random_kl", "leakage"]  # fmt: skip
 VERDICT_COLUMNS = ["dimension", "direction", "verdict", "effect", "95% CI", "p (Holm)", "z", "prompted", "prompted z",
                    "of prompted", "steering", "dense", "KL"]  # fmt: skip
+TERMINAL_COLUMNS = ["dimension", "direction", "verdict", "effect", "95% CI", "p (Holm)", "z", "prompted z", "KL"]
 
 
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
@@ -144,6 +145,7 @@ def verdict_html(summary: pd.DataFrame, meta: dict[str, Any]) -> str:
 
 def terminal_verdict(run_dir: str | os.PathLike, *, width: int = 140) -> str:
     """The verdict table of a run as the terminal shows it at the end of ``vlens run`` (drawn with rich)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -153,10 +155,16 @@ def terminal_verdict(run_dir: str | os.PathLike, *, width: int = 140) -> str:
         return ""
     summary = v.summary()
     caption = "\n\n".join(t for t in (verdict_caption(summary, v.meta), sample_size_note(summary)) if t)
-    table = Table(title="Verdict", caption=caption, caption_justify="left")
-    for col in VERDICT_COLUMNS:
-        table.add_column(col, justify="left" if col in ("dimension", "direction", "verdict") else "right")
-    for row in verdict_table(summary).itertuples(index=False):
+    # One line per cell on a 140-column terminal: the verdict table's key columns, never wrapped inside a cell
+    # (the controls' shifts are in report.md and report.html).
+    table = Table(title="Verdict", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)  # fmt: skip
+    short = {"direction": "to", "prompted z": "prompt z"}  # headers no wider than their numbers
+    for col in TERMINAL_COLUMNS:
+        table.add_column(short.get(col, col), justify="left" if col in ("dimension", "direction", "verdict") else "right",
+                         no_wrap=True)  # fmt: skip
+    rows = verdict_table(summary)
+    for row in rows[TERMINAL_COLUMNS].itertuples(index=False):
         style = {"beats random": "green", "moves the wrong way": "red"}.get(row.verdict, "")
         table.add_row(*map(str, row), style=style)
     console = Console(width=width, record=True, file=io.StringIO(), force_terminal=False)
