@@ -215,10 +215,7 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     g = p.add_argument_group("settings of every cell")
-    add(g, "--model", f"{', '.join(OFFLINE_MODELS)} load offline, other names need the hub", metavar="NAME")
-    g.add_argument("--data", metavar="DIR", help="your value data in vlens' schemas (default: the shipped ValueInsight)")
-    add(g, "--seed", "seed of the prompt sample and the random neuron sets", metavar="N", type=int)
-    add(g, "--batch-size", "prompts per forward pass", metavar="N", type=int)
+    _add_model_options(g, add)
     add(g, "--dimensions", "comma-separated, e.g. oc,co", metavar="DIMS", type=_dims)
     add(g, "--max-pairs", "prompt pairs per dimension", metavar="N", type=int)
     add(g, "--kl-targets", "KL costs every edit is matched to, e.g. 0.05,0.1,0.2", metavar="K,K", type=_floats)
@@ -367,6 +364,14 @@ def _shown(value: object) -> str:
     return str(value).replace("%", "%%")  # help strings are %-formatted
 
 
+def _add_model_options(g: Any, add: Any) -> None:
+    """The model and data options that ``vlens run``'s stages and ``vlens sweep`` share (``add`` shows defaults)."""
+    add(g, "--model", f"{', '.join(OFFLINE_MODELS)} load offline, other names need the hub", metavar="NAME")
+    g.add_argument("--data", metavar="DIR", help="your value data in vlens' schemas (default: the shipped ValueInsight)")
+    add(g, "--seed", "seed of the prompt sample and the random neuron sets", metavar="N", type=int)
+    add(g, "--batch-size", "prompts per forward pass", metavar="N", type=int)
+
+
 def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> None:
     """The common options, then one group per stage in ``stages``; each help ends with the config's default."""
     from vlens.activations import SCOPES
@@ -392,10 +397,7 @@ def _add_run_options(p: argparse.ArgumentParser, stages: tuple[str, ...]) -> Non
     g.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     g = p.add_argument_group("model and data (locate settings: fixed once locate is done)")
-    add(g, "--model", f"{', '.join(OFFLINE_MODELS)} load offline, other names need the hub", metavar="NAME")
-    g.add_argument("--data", metavar="DIR", help="your value data in vlens' schemas (default: the shipped ValueInsight)")
-    add(g, "--seed", "seed of the prompt sample and the random neuron sets", metavar="N", type=int)
-    add(g, "--batch-size", "prompts per forward pass", metavar="N", type=int)
+    _add_model_options(g, add)
     if "locate" in stages:
         g = p.add_argument_group("locate")
         add(g, "--dimensions", "comma-separated, e.g. oc,co", metavar="DIMS", type=_dims)

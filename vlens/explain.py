@@ -496,7 +496,9 @@ class Explanation:
                      "neuron fires most, tokens coloured by its activation.</p>", self.views]  # fmt: skip
         body.append(f"<details><summary>Settings</summary><pre>{html.escape(json.dumps(self.meta, indent=1, default=str))}"
                     "</pre></details>")  # fmt: skip
-        return _PAGE.format(title=html.escape(f"vlens explain: {self.cell}"), body="\n".join(body))
+        from vlens.report import html_page
+
+        return html_page(f"vlens explain: {self.cell}", "\n".join(body))
 
     def _figure(self) -> Any:
         from matplotlib.figure import Figure
@@ -671,16 +673,3 @@ def _validation_dose(validation: Any, dim: str, pole: str) -> tuple[float, str]:
     raise ValueError(f"validation recorded no dose for {dim}:{pole} (no KL target calibrated it, no gamma given); "
                      "rerun validate with --kl-targets or --gammas")  # fmt: skip
 
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
-pre {{ background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }}
-table.table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
-table.table td, table.table th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
-</style></head>
-<body>
-{body}
-</body></html>
-"""

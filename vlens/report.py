@@ -343,7 +343,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
     sections.append(f"<details><summary>Run configuration, model card and timings</summary><pre>{html.escape(card)}</pre>"
                     f"<pre>{html.escape(json.dumps(cfg, indent=1))}</pre>"
                     f"<p>Stage timings (s): {html.escape(str(meta.get('timings')))}</p></details>")  # fmt: skip
-    page = _PAGE.format(title=html.escape(f"vlens report: {cfg['model']}"), body="\n".join(f"<section>{s}</section>" for s in sections))
+    page = html_page(f"vlens report: {cfg['model']}", "\n".join(f"<section>{s}</section>" for s in sections))
     out = atomic_write_text(run_dir / "report.html", page)
     done("report.html")
     bar.close()
@@ -398,7 +398,7 @@ def write_sweep_report(folder: str | os.PathLike, table: pd.DataFrame, *, title:
     body = ("".join(f"<p>{html.escape(n)}</p>" for n in notes) + f"<p>{html.escape(caption)}</p>"
             + _fmt(overview).to_html(index=False, classes="table") + _img(viz.sweep_effects(table))
             + "<h2>Every cell, direction and level</h2>" + _fmt(table).to_html(index=False, classes="table"))  # fmt: skip
-    return atomic_write_text(folder / "sweep.html", _PAGE.format(title=html.escape(title), body=f"<section>{body}</section>"))
+    return atomic_write_text(folder / "sweep.html", html_page(title, f"<section>{body}</section>"))
 
 
 def _img(fig: Any) -> str:
@@ -406,6 +406,11 @@ def _img(fig: Any) -> str:
     from vlens import viz
 
     return viz.figure_html(fig)
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained page in the report's style (the report, a sweep, an explanation): ``body`` is HTML."""
+    return _PAGE.format(title=html.escape(title), body=body)
 
 
 _PAGE = """<!DOCTYPE html>
