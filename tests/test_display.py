@@ -42,7 +42,7 @@ def comparison(tiny_llama, located):
     instruments = Instruments(dilemmas=dilemmas, neutral_text=[{"id": "n", "text": "The sun rose over the quiet town."}],
                               dilemma_variant="cloze-mean")  # fmt: skip
     return compare(tiny_llama, located, dimensions=["Conservation"], sizes=(6,), selectors=["delta", "mean_diff"],
-                   instruments=instruments, n_random=2, progress=False)  # fmt: skip
+                   instruments=instruments, n_random=2, kl_targets=[0.001], progress=False)  # fmt: skip
 
 
 def self_contained(page: str, figures: int = 1) -> str:
@@ -110,5 +110,5 @@ def test_compare_result(comparison):
     text = self_contained(comparison._repr_html_())
     s = comparison.summary()
     assert "CompareResult: delta, mean_diff" in text
-    for shift in s["shift"]:
-        assert f"<td>{shift:.3g}</td>" in text
+    for effect, verdict in zip(s["effect"], s["verdict"], strict=True):
+        assert f"<td>{effect:.3g}</td>" in text and verdict in text

@@ -52,7 +52,7 @@ def comparison(tiny_llama, located):
 
     instruments = Instruments.default(max_dilemmas=1, max_portrait=2, max_neutral=1)
     return compare(tiny_llama, located, dimensions=["Conservation"], sizes=[4, 8], selectors=["delta", "random"],
-                   instruments=instruments, n_random=2, progress=False)  # fmt: skip
+                   instruments=instruments, n_random=2, kl_targets=[0.001], progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1148,14 +1148,14 @@ def compare_effects(result: Any, *, level: tuple[str, float] | None = None) -> F
                 ax.axhline(float(part.prompted_shift.dropna().iloc[0]), color="black", ls="--", lw=1,
                            label="prompted (ceiling)")  # fmt: skip
             ax.axhline(0.0, color="black", lw=0.6)
-            ax.set_xticks(range(len(ks)), [f"{k:g}" for k in ks], fontsize=9)
+            ax.set_xticks(range(len(ks)), [f"{k:g}" for k in ks], fontsize=FONT_SIZE)
             ax.set_xlim(-0.6, len(ks) - 0.4)
             ax.set_xlabel("neurons per pole", fontsize=10)
             ax.set_title(f"{dim} toward {direction}", fontsize=11)
             ax.grid(axis="y", alpha=0.3)
         axes[row][0].set_ylabel("log-odds shift toward the pole", fontsize=10)
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9, frameon=False)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=FONT_SIZE, frameon=False)
     at = f"KL {level[1]:g} nats/token on neutral text" if level[0] == "kl" else f"gamma {level[1]:g}"
     fig.suptitle(f"Selectors against random edits of the same size\nat matched cost ({at})", fontsize=13)
     return fig
