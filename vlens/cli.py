@@ -269,7 +269,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     exp = explain_run(args.run_dir, args.set, n_bands=args.bands, n_views=args.views, device=args.device)
     dim, pole = exp.cell.rsplit(":", 1)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "explain" / f"{dim}_{'plus' if pole == '+' else 'minus'}.html"
+    out = Path(args.html) if args.html else Path(args.run_dir) / "explain" / f"{dim}_{'plus' if pole == '+' else 'minus'}.html"
     exp.save(out)
     print(exp.summary())
     print(f"\nexplanation: {out.resolve()} (tables: {out.stem}_neurons.csv, _shares.csv, _bands.csv beside it)")
@@ -481,7 +481,7 @@ def build_parser() -> _Parser:
                     '"Self-Transcendence:+" or st:+, at validation\'s dose for the first KL target (required)')
     ex.add_argument("--bands", type=int, default=4, help="equal bands of layers, each edited alone (default: 4)")
     ex.add_argument("--views", type=_count, default=5, help="top neurons shown as firing-token views, 0 for none (default: 5)")
-    ex.add_argument("--out", metavar="FILE.html", help="where to write (default: RUN_DIR/explain/<dimension>_<plus|minus>.html)")
+    ex.add_argument("--out", dest="html", metavar="FILE.html", help="where to write (default: RUN_DIR/explain/<dimension>_<plus|minus>.html)")
     ex.add_argument("--device", help=f"cpu, cuda, cuda:1 ... (default: {_DEVICE})")
     ex.set_defaults(func=_cmd_explain)
     merge = cmd("merge", "sum the partial statistics of `vlens locate --shard I/N` tasks")
