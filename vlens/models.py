@@ -392,12 +392,18 @@ def load_model(
     return _load_from_hub(name, dev, dtype, device_map)
 
 
+def gguf_folder(spec: GGUFModel | str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> tuple[Path, list[Path], str]:
+    """The cached de-quantized copy of an offline GGUF model (built if needed), its source files and their sha256."""
+    spec = _gguf_spec(spec)
+    parts = find_gguf_parts(spec)
+    gguf_sha = _source_sha256(spec, parts)
+    return _cached_copy(spec, parts, gguf_sha, Path(cache_dir) if cache_dir else default_cache_dir()), parts, gguf_sha
+
+
 def _load_gguf(spec: GGUFModel, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    parts = find_gguf_parts(spec)
-    gguf_sha = _source_sha256(spec, parts)
-    folder = _cached_copy(spec, parts, gguf_sha, cache_dir)
+    folder, parts, gguf_sha = gguf_folder(spec, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
     bridge = _boot(spec.hf_name, hf, tokenizer, device)
@@ -647,6 +653,7 @@ __all__ = [
     "default_cache_dir",
     "encode",
     "find_gguf_file",
+    "gguf_folder",
     "find_gguf_parts",
     "format_prompt",
     "load_model",
