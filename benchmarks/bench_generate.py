@@ -24,7 +24,6 @@ from vlens.models import format_prompt, gguf_folder, model_info, tokenize
 from vlens.runner import generate, hook_name
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -85,7 +84,9 @@ def main() -> None:
     print(f"{len(rows)} prompts in batches of {args.batch}, {args.new} new tokens each ({n_tokens} tokens); "
           f"{args.repeats} alternating rounds; threads {torch.get_num_threads()}")  # fmt: skip
     for k in rate:
-        print(f"  {k:6s} tokens/s: median {statistics.median(rate[k]):.1f} (rounds {', '.join(f'{r:.1f}' for r in rate[k])})")
+        print(
+            f"  {k:6s} tokens/s: median {statistics.median(rate[k]):.1f} (rounds {', '.join(f'{r:.1f}' for r in rate[k])})"
+        )
     print(f"  vlens / HF tokens/s: {statistics.median(rate['vlens']) / statistics.median(rate['hf']):.2f}x "
           f"(per round {min(ratios):.2f}-{max(ratios):.2f}x; goal >= 0.8x)")  # fmt: skip
     print(f"  identical greedy outputs: {same}/{len(rows)}")
