@@ -146,7 +146,7 @@ def test_a_crash_at_any_write_boundary_resumes_exactly(tmp_path, tiny_llama, pro
 
 
 def test_merge_refuses_other_hook(tiny_llama, prompts):
-    a = collect_stats(tiny_llama, prompts[:4], progress=False)
+    a = collect_stats(tiny_llama, prompts[:4], hook="post", progress=False)
     b = collect_stats(tiny_llama, prompts[:4], hook="gate", progress=False)
     with pytest.raises(ValueError, match="different hook"):
         a.merge(b)
@@ -177,11 +177,11 @@ def test_bad_input_is_a_clear_error(tiny_llama, prompts):
         collect_stats(tiny_llama, prompts, layers=[0, 7], progress=False)
     with pytest.raises(ValueError, match="unknown token scope"):
         collect_stats(tiny_llama, prompts, scope="everything", progress=False)
-    with pytest.raises(ValueError, match="mismatched pair"):
-        collect_stats(tiny_llama, [p for p in prompts if p.pole == "+"], progress=False)
+    with pytest.raises(ValueError, match="mismatched pair"):  # a pair shares its question tokens
+        collect_stats(tiny_llama, [p for p in prompts if p.pole == "+"], scope="question", progress=False)
     twisted = [dataclasses.replace(prompts[1], text=prompts[1].text + " extra")] + [prompts[0]]
     with pytest.raises(ValueError, match="mismatched pair"):
-        collect_stats(tiny_llama, twisted, progress=False)
+        collect_stats(tiny_llama, twisted, scope="question", progress=False)
     long = [dataclasses.replace(p, text="x" * 1100 + p.text, shared_start=p.shared_start + 1100) for p in prompts[:2]]
     with pytest.raises(ValueError, match="context window"):
         collect_stats(tiny_llama, long, progress=False)
@@ -189,4 +189,4 @@ def test_bad_input_is_a_clear_error(tiny_llama, prompts):
         collect_stats(tiny_llama, [], progress=False)
     empty = [dataclasses.replace(p, shared_start=len(p.text)) for p in prompts[:2]]
     with pytest.raises(ValueError, match="no tokens after its description"):
-        collect_stats(tiny_llama, empty, progress=False)
+        collect_stats(tiny_llama, empty, scope="question", progress=False)

@@ -161,11 +161,11 @@ def test_merge_refuses_shards_located_with_other_settings(tmp_path, capsys):
     for i in range(2):
         assert main(["locate", "--out", str(folder), *TINY_LOCATE, "--dimensions", "co", "--shard", f"{i}/2"]) == 0
     meta = json.loads((folder / "run.json").read_text())
-    meta["config"]["hook"] = "gate"  # as if run.json had been written by a run with other settings
+    meta["config"]["hook"] = "post"  # as if run.json had been written by a run with other settings (located: gate)
     (folder / "run.json").write_text(json.dumps(meta))
     assert main(["merge", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert "were located with other settings" in err and "hook: 'post' vs 'gate'" in err
+    assert "were located with other settings" in err and "hook: 'gate' vs 'post'" in err
     assert not (folder / "locate").exists()
 
 

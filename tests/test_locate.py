@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlens
+from vlens.activations import DEFAULT_HOOK
 from vlens.locate import LocateResult, from_stats, locate
 
 
@@ -14,7 +15,7 @@ def test_locate_returns_sets_per_dimension_and_pole(tmp_path, tiny_llama, small_
     assert set(result.neuron_sets) == {f"{d}:{p}" for d in ("Conservation", "Self-Transcendence") for p in "+-"}
     s = result["Conservation:+"]
     assert len(s) == 10 and s.provenance["model_fingerprint"] == vlens.model_info(tiny_llama).fingerprint
-    assert s.provenance["dataset_sha256"] == small_data.sha256 and s.provenance["hook"] == "post"
+    assert s.provenance["dataset_sha256"] == small_data.sha256 and s.provenance["hook"] == DEFAULT_HOOK
     assert s.p95 is not None and s.act_prob is not None
     assert result.scores["Conservation"]["delta"].shape == (3, 96)
     result.save(tmp_path / "run")

@@ -26,8 +26,9 @@ def assert_stats_agree(a, b):
 def test_locate_statistics_and_sets_agree(tiny, padding_side):
     data = vlens.load_value_data()
     prompts = build_prompts(data, tiny, dimensions=["co"], max_pairs=24)  # descriptions repeat: prefixes are shared
-    full = collect_stats(tiny, prompts, batch_size=6, progress=False, prefix_reuse=False)
-    reused = collect_stats(tiny, prompts, batch_size=6, progress=False, prefix_reuse=True, padding_side=padding_side)
+    full = collect_stats(tiny, prompts, scope="question", batch_size=6, progress=False, prefix_reuse=False)
+    reused = collect_stats(tiny, prompts, scope="question", batch_size=6, progress=False, prefix_reuse=True,
+                           padding_side=padding_side)  # fmt: skip
     assert reused.meta["prefix_reuse"] is True and full.meta["prefix_reuse"] is False
     assert_stats_agree(full, reused)
     for name, ns in from_stats(full, "top_k:20").neuron_sets.items():

@@ -73,7 +73,7 @@ def test_gate_located_sets_are_edited_at_the_gate(tiny_llama, small_data):
     gate = torch.nn.functional.silu(seen["hook_pre"])
     expected = torch.where(edit.clamp_mask[layer], gate.clamp(max=0), gate) + edit.boost[layer]
     torch.testing.assert_close(seen["hook_post"], expected * seen["hook_pre_linear"], rtol=1e-5, atol=1e-5)
-    post_sets = locate(tiny_llama, small_data, selection="top_k:6", progress=False)
+    post_sets = locate(tiny_llama, small_data, hook="post", selection="top_k:6", progress=False)
     mixed = [edit, value_edit((3, 96), post_sets["Conservation:+"], post_sets["Conservation:-"], 1.0)]
     with pytest.raises(ValueError, match="different hook points"):
         with apply(tiny_llama, mixed):

@@ -40,6 +40,12 @@ from vlens.runner import (
 from vlens.stats import NeuronStats, class_label
 
 SCOPES = ("question", "all", "last", "generated")
+# The defaults of locate and `vlens run`, chosen by the study (docs/study.md, `vlens sweep` on dev, reported on
+# test): every prompt token, read at the gate activation act(gate) as the paper's authors read it. Edits on
+# the sets it locates beat random edits of the same KL on SmolLM2's dev dilemmas; the `question` x `hook_post`
+# reading, the defaults before, did not.
+DEFAULT_SCOPE = "all"
+DEFAULT_HOOK = "gate"
 
 
 @dataclass
@@ -154,8 +160,8 @@ def collect_stats(
     model: Any,
     prompts: Sequence[Prompt],
     *,
-    scope: str = "question",
-    hook: str = "post",
+    scope: str = DEFAULT_SCOPE,
+    hook: str = DEFAULT_HOOK,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
     padding_side: str = "right",

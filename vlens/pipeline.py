@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from vlens._io import atomic_write_text, read_json, vlens_version, write_json
+from vlens.activations import DEFAULT_HOOK, DEFAULT_SCOPE
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
@@ -53,8 +54,8 @@ class LocateConfig:
 
     model: str = DEFAULT_MODEL
     dimensions: list[str] | None = None
-    scope: str = "question"
-    hook: str = "post"
+    scope: str = DEFAULT_SCOPE  # chosen by the study: docs/study.md
+    hook: str = DEFAULT_HOOK
     selection: str = "paper"
     template: str = "auto"
     max_pairs: int | None = 24
