@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="study folder: instrument_dev.csv and sweep/")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if torch sees a GPU)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the recipe runs, measures nothing")
+    ap.add_argument("--no-sweep", action="store_true", help="only step 1, the prompted-control table")
     ap.add_argument("--kl-targets", default=None, help="comma-separated KL costs (default: 0.05,0.1,0.2; quick: 0.1)")
     args = ap.parse_args(argv)
     kl = [float(k) for k in args.kl_targets.split(",")] if args.kl_targets else None
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = table[table.dimension == "all"].groupby(["slot", "variant"]).z.min().sort_values(ascending=False)
     print(f"[study] the prompted control's best weaker-direction z on dev: {best.iloc[0]:.2f} ({' / '.join(best.index[0])}); "
           f"z >= 5 is needed before any neuron claim can be checked", flush=True)  # fmt: skip
+
+    if args.no_sweep:
+        return 0
 
     sizes = ({}, {}) if not args.quick else (QUICK_LOCATE, QUICK_VALIDATE)
     full = {} if args.quick else {k: FULL[k] for k in SWEEP_FULL}  # as `vlens sweep --full`

@@ -60,7 +60,7 @@ def test_shards_and_merge_equal_one_process(tmp_path, tiny_llama, single):
 
 def test_mismatched_partials_are_refused(tmp_path, tiny_llama):
     a = locate_shard(tiny_llama, vlens.load_value_data(), (0, 2), **SHARD)
-    b = locate_shard(tiny_llama, vlens.load_value_data(), (1, 2), **SHARD | {"hook": "gate"})
+    b = locate_shard(tiny_llama, vlens.load_value_data(), (1, 2), **SHARD | {"hook": "post"})
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
     with pytest.raises(ValueError, match="different hook"):

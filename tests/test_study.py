@@ -54,3 +54,9 @@ def test_slots_follow_the_chat_template(smollm, gemma):
     study = study_script()
     assert study.slots_of(smollm) == ["system", "user"]
     assert study.slots_of(gemma) == ["raw"]  # a base model: the description is raw text
+
+
+def test_no_sweep_stops_after_the_prompted_control(tmp_path):
+    out = tmp_path / "only"
+    assert study_script().main(["--model", "tiny-llama", "--out", str(out), "--no-sweep", "--device", "cpu"]) == 0
+    assert (out / "instrument_dev.csv").exists() and not (out / "sweep").exists()

@@ -245,7 +245,8 @@ def swept(tiny_llama, tmp_path_factory):
     locate_module, validate_module = importlib.import_module("vlens.locate"), importlib.import_module("vlens.validate")
 
     folder = tmp_path_factory.mktemp("sweep") / "s"
-    base = RunConfig(LocateConfig(model="tiny-llama", dimensions=["Openness_to_Change", "Conservation"], max_pairs=4),
+    base = RunConfig(LocateConfig(model="tiny-llama", dimensions=["Openness_to_Change", "Conservation"], max_pairs=4,
+                                  scope="question", hook="post"),  # the cells below are named by these
                      ValidateConfig(kl_targets=[], gammas=[1.0], n_random=2, controls=["prompted"], max_dilemmas=1,
                                     max_neutral=1))  # fmt: skip
     calls: list[tuple[str, str]] = []

@@ -39,7 +39,9 @@ def test_batched_conditions_equal_the_per_condition_loop(tiny_llama, located, in
         alone = evaluate_edits(tiny_llama, [edits[0], e], instruments, batch_size=3, scope="all", prefix_reuse=False)[1]
         for key in ("orientation", "logodds", "portrait"):
             for dim, v in alone[key].items():
-                assert batched[i][key][dim] == pytest.approx(v, abs=1e-5, rel=1e-5)  # logodds: sums of log-probs
+                # logodds: the difference of two float32 sums of log-probs of a few hundred each (one ulp there is
+                # 3e-5), so batch composition moves it by a few ulps of the sums, not of the difference
+                assert batched[i][key][dim] == pytest.approx(v, abs=1e-4, rel=1e-5)
         assert batched[i]["kl"] == pytest.approx(alone["kl"], abs=1e-5)
         assert batched[i]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-5)
     assert batched[0]["kl"] == pytest.approx(0.0, abs=1e-6)
