@@ -21,8 +21,8 @@ GOLDEN = Path(__file__).parent / "golden"
 DIMENSIONS = ["Openness_to_Change", "Self-Enhancement"]
 LAYERS = [2, 15, 29]
 RUNS = {
-    "question_reuse": {"scope": "question", "prefix_reuse": True},
-    "question_full": {"scope": "question", "prefix_reuse": False},
+    "question_reuse": {"scope": "question", "hook": "post", "prefix_reuse": True},
+    "question_full": {"scope": "question", "hook": "post", "prefix_reuse": False},
     "all_gate": {"scope": "all", "hook": "gate", "prefix_reuse": False},
 }
 
@@ -54,7 +54,8 @@ def test_validation_matches_golden(smollm, v1_data_dir):
     from vlens.experiment import run, steering_conditions
 
     v1 = vlens.load_value_data(v1_data_dir)
-    full = vlens.locate(smollm, v1, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False)
+    full = vlens.locate(smollm, v1, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False,
+                        **RUNS["question_reuse"])  # the settings the golden table was made with
     instruments = Instruments.default(v1, max_dilemmas=2, max_portrait=4, max_neutral=1, max_questions=0, dilemma_split=None,
                                       dilemma_variant="listed-mean")  # fmt: skip
     conditions = [c for d in DIMENSIONS for direction, other in (("+", "-"), ("-", "+"))

@@ -58,7 +58,8 @@ def test_orientation_agrees_on_gpt2(tiny_gpt2):
 
 @pytest.mark.model
 def test_prefix_reuse_on_the_offline_model(smollm):
-    kwargs = dict(dimensions=["Conservation"], max_pairs=12, selection="top_k:200", progress=False, batch_size=8)
+    kwargs = dict(dimensions=["Conservation"], max_pairs=12, selection="top_k:200", progress=False, batch_size=8,
+                  scope="question")  # prefix reuse is for the question scope
     full_ = locate(smollm, **kwargs, prefix_reuse=False)
     reused = locate(smollm, **kwargs, prefix_reuse=True)
     assert_stats_agree(full_.stats, reused.stats)

@@ -41,11 +41,12 @@ from vlens.stats import NeuronStats, class_label
 
 SCOPES = ("question", "all", "last", "generated")
 # The defaults of locate and `vlens run`, chosen by the study (docs/study.md, `vlens sweep` on dev, reported on
-# test): every prompt token, read at the gate activation act(gate) as the paper's authors read it. Edits on
-# the sets it locates beat random edits of the same KL on SmolLM2's dev dilemmas; the `question` x `hook_post`
-# reading, the defaults before, did not.
+# test): every prompt token, read at the gate activation act(gate) as the paper's authors read it, the top 2,000
+# neurons per pole by Cohen's d. Edits on the sets it locates beat random edits of the same KL on SmolLM2's dev
+# dilemmas; the `question` x `hook_post` x paper reading, the defaults before, did not.
 DEFAULT_SCOPE = "all"
 DEFAULT_HOOK = "gate"
+DEFAULT_SELECTION = "top_k:2000,score=cohens_d"
 
 
 @dataclass

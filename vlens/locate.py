@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vlens._io import read_json, sha256_json, write_json
-from vlens.activations import DEFAULT_HOOK, DEFAULT_SCOPE, collect_stats
+from vlens.activations import DEFAULT_HOOK, DEFAULT_SCOPE, DEFAULT_SELECTION, collect_stats
 from vlens.data.loaders import ValueData, load_value_data
 from vlens.data.prompts import Prompt, build_prompts
 from vlens.neurons import NeuronSet, Selection, provenance_of, select
@@ -78,7 +78,7 @@ def _set_file(name: str) -> str:
 
 def locate(
     model: Any, data: ValueData | Sequence[Prompt] | None = None, *, dimensions: Sequence[str] | None = None,
-    scope: str = DEFAULT_SCOPE, hook: str = DEFAULT_HOOK, selection: Selection | str = "paper", layers: Sequence[int] | None = None,
+    scope: str = DEFAULT_SCOPE, hook: str = DEFAULT_HOOK, selection: Selection | str = DEFAULT_SELECTION, layers: Sequence[int] | None = None,
     batch_size: int = 16, max_pairs: int | None = None, split: str = "search", template: str = "auto",
     pairs_per_question: int = 7, seed: int = 0, hist_edges: Tensor | None | str = None,
     checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 20, max_new_tokens: int = 64,
@@ -156,7 +156,7 @@ def _collect(model: Any, data: Any, part: tuple[int, int] | None, *, dimensions:
     return collect_stats(model, prompts, hist_edges=hist_edges, classes=all_classes if part else None, meta=meta, **collect)
 
 
-def from_stats(stats: NeuronStats, selection: Selection | str = "paper") -> LocateResult:
+def from_stats(stats: NeuronStats, selection: Selection | str = DEFAULT_SELECTION) -> LocateResult:
     """Scores and neuron sets from existing statistics (e.g. merged shards, or another selection rule)."""
     selection = Selection.parse(selection) if isinstance(selection, str) else selection
     provenance = provenance_of(stats) | {"selection_sha256": sha256_json(selection.to_dict())}

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from vlens._io import atomic_write_text, read_json, vlens_version, write_json
-from vlens.activations import DEFAULT_HOOK, DEFAULT_SCOPE
+from vlens.activations import DEFAULT_HOOK, DEFAULT_SCOPE, DEFAULT_SELECTION
 from vlens.models import DEFAULT_MODEL
 
 STAGES = ("locate", "validate", "generate", "report")
@@ -56,7 +56,7 @@ class LocateConfig:
     dimensions: list[str] | None = None
     scope: str = DEFAULT_SCOPE  # chosen by the study: docs/study.md
     hook: str = DEFAULT_HOOK
-    selection: str = "paper"
+    selection: str = DEFAULT_SELECTION
     template: str = "auto"
     max_pairs: int | None = 24
     pairs_per_question: int = 7

@@ -26,8 +26,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = vlens.load_model()
     for name, kwargs in {
-        "question_reuse": {"scope": "question", "prefix_reuse": True},
-        "question_full": {"scope": "question", "prefix_reuse": False},
+        "question_reuse": {"scope": "question", "hook": "post", "prefix_reuse": True},
+        "question_full": {"scope": "question", "hook": "post", "prefix_reuse": False},
         "all_gate": {"scope": "all", "hook": "gate", "prefix_reuse": False},
     }.items():
         result = vlens.locate(model, dimensions=DIMENSIONS, max_pairs=6, layers=LAYERS, batch_size=4,
@@ -36,7 +36,8 @@ def main() -> None:
         for key, ns in result.neuron_sets.items():
             dim, pole = key.rsplit(":", 1)
             ns.save(HERE / f"set_{name}_{dim}_{'plus' if pole == '+' else 'minus'}")
-    full = vlens.locate(model, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False)
+    full = vlens.locate(model, dimensions=DIMENSIONS, max_pairs=6, batch_size=4, selection="top_k:40", progress=False,
+                        scope="question", hook="post")  # the reading the golden table was made with
     instruments = Instruments.default(max_dilemmas=2, max_portrait=4, max_neutral=1, max_questions=0)
     res = validate(model, full, instruments=instruments, gammas=[1.0], n_random=2, batch_size=8, progress=False)
     res.table.to_csv(HERE / "validation.csv", index=False)
