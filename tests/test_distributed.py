@@ -27,8 +27,19 @@ def torchrun(out: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1", **env})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every in-process reference at the workers' one thread: float32 matmuls reduce in a thread-count-dependent
+    order (the gate reading's sums moved by 3e-7 between 1 and 2 threads), and these tests are about ranks and
+    shards, not threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def single(tiny_llama):
+def single(tiny_llama, one_thread):
     """The one-process reference (batch size 1: every prompt's activations are then batch-independent)."""
     result = locate(tiny_llama, vlens.load_value_data(), **LOCATE)
     inst = Instruments.default(max_dilemmas=1, max_portrait=3, max_neutral=1)
