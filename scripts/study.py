@@ -38,7 +38,7 @@ from vlens.sweep import SWEEP_FULL, sweep
 
 QUICK_LOCATE = {"max_pairs": 4}
 QUICK_VALIDATE = {"max_dilemmas": 2, "max_neutral": 1, "n_random": 3, "controls": ["prompted"]}
-QUICK_GRID = ["scope=question,all", "hook=post,gate", "sel=top_k:20"]  # top 20 fits a tiny model too
+QUICK_GRID = ["scope=question,all", "hook=post,gate", "sel=top_k:20", "score=delta"]  # top 20 fits a tiny model too
 
 
 def prompted_table(model, data, slots: Sequence[str], split: str = "dev") -> pd.DataFrame:

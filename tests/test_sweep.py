@@ -164,7 +164,10 @@ def test_grid_words():
     assert len(full.cells) == 12 and full.best_scores == ("cohens_d",) and full.best_sels == ("paper", "top_k:300")
     assert {c.scope for c in full.cells} == {"question", "generated", "all"} and {c.score for c in full.cells} == {"delta"}
     assert Grid.parse("paper").cells == [PAPER_CELL] and PAPER_CELL.id == "scope=generated,hook=gate,sel=paper,score=delta"
-    product = Grid.parse(["scope=question,all", "hook=gate"]).cells  # the other axes keep the base's (question, post, paper)
+    from vlens.pipeline import LocateConfig
+
+    base = LocateConfig(selection="paper")  # the axes a word leaves out keep the base's
+    product = Grid.parse(["scope=question,all", "hook=gate"], base).cells
     assert [c.id for c in product] == ["scope=question,hook=gate,sel=paper,score=delta", "scope=all,hook=gate,sel=paper,score=delta"]
     mixed = Grid.parse(["paper", "scope=question,hook=post,sel=top_k:300,score=cohens_d", "paper"]).cells
     assert mixed == [PAPER_CELL, Cell("question", "post", "top_k:300", "cohens_d")]
@@ -246,7 +249,7 @@ def swept(tiny_llama, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sweep") / "s"
     base = RunConfig(LocateConfig(model="tiny-llama", dimensions=["Openness_to_Change", "Conservation"], max_pairs=4,
-                                  scope="question", hook="post"),  # the cells below are named by these
+                                  scope="question", hook="post", selection="paper"),  # the cells below are named by these
                      ValidateConfig(kl_targets=[], gammas=[1.0], n_random=2, controls=["prompted"], max_dilemmas=1,
                                     max_neutral=1))  # fmt: skip
     calls: list[tuple[str, str]] = []
