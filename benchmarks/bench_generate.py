@@ -20,8 +20,8 @@ import time
 import torch
 
 import vlens
-from vlens.models import format_prompt, gguf_folder, model_info, tokenize
-from vlens.runner import generate, hook_name
+from vlens.models import format_prompt, gguf_folder, model_info, pad_id, tokenize
+from vlens.runner import Batch, generate, hook_name
 
 
 def main() -> None:
@@ -58,16 +58,14 @@ def main() -> None:
             finally:
                 bridge.reset_hooks()
 
-    def run_hf():
-        pad = bridge.tokenizer.pad_token_id if bridge.tokenizer.pad_token_id is not None else eos
+    def run_hf():  # the same left-padded batches vlens.runner.generate builds
         out = []
         with torch.inference_mode():
             for b in batches:
-                width = max(map(len, b))
-                ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in b])
-                mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in b])
-                new = hf.generate(ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, pad_token_id=pad)
-                out += new[:, width:].tolist()
+                batch = Batch.of(bridge, b, padding_side="left")
+                new = hf.generate(batch.tokens, attention_mask=batch.mask, max_new_tokens=args.new, do_sample=False,
+                                  pad_token_id=pad_id(bridge))  # fmt: skip
+                out += new[:, batch.tokens.shape[1] :].tolist()
         return out
 
     times: dict[str, list[float]] = {"vlens": [], "hf": []}
