@@ -206,6 +206,11 @@ class StreamCache:
         return batch, h
 
 
+def cache_rows(toks: list[dict[str, Any]]) -> list[tuple[list[int], tuple[list[int], list[int]]]]:
+    """The rows of every item, in cache order: ``(prompt, (answer +, answer -))`` under each condition."""
+    return [(t[c], (t["plus"], t["minus"])) for t in toks for c in CONDITIONS]
+
+
 def save_cache(cache: StreamCache, path: Path, key: str) -> None:
     """Keep the cache on disk (safetensors: the streams concatenated, with their lengths) under ``key``, the
     hash of what it was built from; training runs with other hyper-parameters then skip the base pass."""
@@ -234,7 +239,7 @@ def load_cache(path: Path, key: str, rows: list[Any], layer: int) -> StreamCache
 
 def build_cache(lm: Any, toks: list[dict[str, Any]], pad: int, layer: int, chunk: int = 8) -> StreamCache:
     """Run the base model once over every row; keep the stream entering ``layer`` and the base log-odds."""
-    rows = [(t[c], (t["plus"], t["minus"])) for t in toks for c in CONDITIONS]
+    rows = cache_rows(toks)
     streams, xs = [], []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
@@ -331,10 +336,16 @@ def main() -> None:
     ap.add_argument("--watch", type=int, default=50, help="measure the held-out items every this many steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/organism/smollm2-135m-values"))
-    ap.add_argument("--curve", type=Path, default=Path("docs/study/organism_loss.csv"))
-    ap.add_argument("--dev-csv", type=Path, default=Path("docs/study/organism_dev.csv"))
+    ap.add_argument("--curve", type=Path, default=Path("runs/organism/curve.csv"))
+    ap.add_argument("--dev-csv", type=Path, default=Path("runs/organism/dev.csv"))
     ap.add_argument("--skip-base", action="store_true", help="do not re-measure the base model on dev")
     args = ap.parse_args()
+    if not 0 < args.held < args.items:
+        ap.error(f"--held {args.held} must leave training items: choose 0 < --held < --items ({args.items})")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        ap.error("training the organism needs peft: pip install 'peft>=0.21' (it is in vlens' dev extra)")
     torch.set_num_threads(args.threads)
     args.curve.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -355,7 +366,7 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
     n_layers = hf.config.num_hidden_layers
     t0 = time.time()
-    rows = [(t[c], (t["plus"], t["minus"])) for t in toks for c in CONDITIONS]
+    rows = cache_rows(toks)
     key = sha256_json([gguf_sha, rows])
     cache = load_cache(args.cache, key, rows, args.first_layer) if args.cache else None
     if cache is None:
