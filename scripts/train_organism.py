@@ -410,8 +410,9 @@ def main() -> None:
                 row |= held_out_metrics(model, cache, held_ids, pad, args.beta)
             row["elapsed_s"] = round(time.time() - t0, 1)
             curve.append(row)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-            pd.DataFrame(curve).to_csv(args.curve, index=False)
+            print(" ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in row.items()), flush=True)
+            pd.DataFrame(curve).to_csv(args.curve.with_suffix(".tmp"), index=False)  # atomic: a stopped run keeps its curve
+            args.curve.with_suffix(".tmp").replace(args.curve)
     train_s = time.time() - t0
 
     args.out.mkdir(parents=True, exist_ok=True)
