@@ -226,7 +226,7 @@ def _description_texts(data: ValueData) -> dict[str, str]:
 def _card(model: Any, stats: NeuronStats, scores: dict[str, dict[str, Tensor]], sets: dict[str, NeuronSet] | None,
           layer: int, lpos: int, neuron: int, prompts: list[Prompt], descriptions: dict[str, str], k: int,
           batch_size: int) -> NeuronCard:  # fmt: skip
-    hook = stats.meta.get("hook", "post")
+    hook = stats.hook
     contexts, view = _contexts(model, prompts, descriptions, layer, neuron, hook=hook, k=k, batch_size=batch_size)
     gain, norm = _final_norm_gain(model)
     return NeuronCard(

@@ -320,7 +320,7 @@ def dense_mlp_edit(
         raise ValueError(f"layer(s) {missing or 'none'} have no statistics: these cover layers {stats.layers}")
     where = torch.tensor([stats.layers.index(layer) for layer in chosen])
     diff = stats.sum[this] / stats.tokens[this] - stats.sum[other] / stats.tokens[other]  # [stats layer, neuron]
-    e = Edit.identity(n_layers, d_mlp, label=f"dense_mlp({dim}:{pole}, scale={scale:g})", hook=stats.meta.get("hook", "post"))
+    e = Edit.identity(n_layers, d_mlp, label=f"dense_mlp({dim}:{pole}, scale={scale:g})", hook=stats.hook)
     e.boost[torch.tensor(chosen)] = scale * diff[where.to(diff.device)].float().cpu()
     return e
 

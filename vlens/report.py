@@ -290,7 +290,7 @@ def write_report(run_dir: str | os.PathLike, *, model: Any = None, neuron_views:
                     ns = loc[f"{dim}:{pole}"]
                     for j in range(min(neuron_views, len(ns))):
                         layer, neuron = int(ns.layers[j]), int(ns.neurons[j])
-                        view = viz.neuron_tokens(model, prompts, layer, neuron, k=2, hook=loc.stats.meta.get("hook", "post"))
+                        view = viz.neuron_tokens(model, prompts, layer, neuron, k=2, hook=loc.stats.hook)
                         headers.append(f"<h3>{html.escape(dim)} {pole}: L{layer}.N{neuron} (delta {float(ns.delta[j]):+.3f})</h3>")
                         views.append(viz.circuitsvis_html(view))
             parts += [h + v for h, v in zip(headers, viz.share_bundle(views), strict=True)]

@@ -143,6 +143,12 @@ class NeuronStats:
     # ------------------------------------------------------------------ derived quantities
 
     @property
+    def hook(self) -> str:
+        """The MLP activation these statistics read (``post`` or ``gate``); statistics saved before the gate
+        reading existed read ``hook_post``."""
+        return self.meta.get("hook", "post")
+
+    @property
     def dimensions(self) -> list[str]:
         return list(dict.fromkeys(PoleKey.parse(c).dimension for c in self.classes))
 

@@ -135,7 +135,7 @@ def probe_selector(
         prompts = [p for p in _probe_prompts(ctx) if p.dimension == dimension]
         if not prompts:
             raise ValueError(f"no probe prompts for {dimension}")
-        feats, n_fwd = pooled_features(model, prompts, scope=options.scope, hook=ctx.stats.meta.get("hook", "post"),
+        feats, n_fwd = pooled_features(model, prompts, scope=options.scope, hook=ctx.stats.hook,
                                        layers=ctx.stats.layers, batch_size=ctx.batch_size)  # fmt: skip
         ctx.count(forward=n_fwd)
         is_plus = torch.tensor([p.pole == "+" for p in prompts])
