@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 import vlens
+from vlens._io import atomic_write
 from vlens.models import DEFAULT_MODEL, gguf_folder
 
 
@@ -76,10 +77,7 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     table = pd.DataFrame(rows).assign(model=args.model, n_descriptions=len(descs), n_pairs=len(set(pairs)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(args.out)
+    atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 import vlens
-from vlens._io import sha256_json, write_json
+from vlens._io import atomic_write, load_tensors, read_json, save_tensors, sha256_json, write_json
 from vlens.instruments import Dilemmas
 from vlens.instruments.dilemmas import DEFAULT_VARIANT, dilemma_split
 from vlens.models import gguf_folder
@@ -211,30 +211,29 @@ def cache_rows(toks: list[dict[str, Any]]) -> list[tuple[list[int], tuple[list[i
     return [(t[c], (t["plus"], t["minus"])) for t in toks for c in CONDITIONS]
 
 
-def save_cache(cache: StreamCache, path: Path, key: str) -> None:
-    """Keep the cache on disk (safetensors: the streams concatenated, with their lengths) under ``key``, the
-    hash of what it was built from; training runs with other hyper-parameters then skip the base pass."""
-    from safetensors.torch import save_file
+CACHE_KIND = "organism_stream_cache"
 
-    tmp = path.with_suffix(".tmp")
+
+def save_cache(cache: StreamCache, path: Path, key: str) -> None:
+    """Keep the cache on disk (safetensors: the streams concatenated, with their lengths; JSON: ``key``, the
+    hash of what it was built from, and the layer); training runs with other hyper-parameters then skip the
+    base pass."""
     tensors = {"streams": torch.cat(cache.streams), "lengths": torch.tensor([len(h) for h in cache.streams]),
                "base_x": cache.base_x}  # fmt: skip
-    save_file(tensors, str(tmp), metadata={"key": key, "layer": str(cache.layer)})
-    tmp.replace(path)
+    save_tensors(path, tensors, {"key": key, "layer": cache.layer}, kind=CACHE_KIND)
 
 
 def load_cache(path: Path, key: str, rows: list[Any], layer: int) -> StreamCache | None:
     """The cache saved at ``path`` if it was built from the same rows and layer, else None."""
-    from safetensors import safe_open
-
-    if not path.is_file():
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
         return None
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        if meta.get("key") != key or meta.get("layer") != str(layer):
-            return None
-        streams, lengths, base_x = f.get_tensor("streams"), f.get_tensor("lengths"), f.get_tensor("base_x")
-    return StreamCache(layer, rows, list(streams.split(lengths.tolist())), base_x)
+    meta = read_json(meta_path)
+    if meta.get("key") != key or meta.get("layer") != layer:
+        return None  # checked before the streams (a GB or more) are read
+    tensors, _ = load_tensors(path, kind=CACHE_KIND)
+    streams = tensors["streams"].split(tensors["lengths"].tolist())
+    return StreamCache(layer, rows, list(streams), tensors["base_x"])
 
 
 def build_cache(lm: Any, toks: list[dict[str, Any]], pad: int, layer: int, chunk: int = 8) -> StreamCache:
@@ -347,7 +346,6 @@ def main() -> None:
     except ImportError:
         ap.error("training the organism needs peft: pip install 'peft>=0.21' (it is in vlens' dev extra)")
     torch.set_num_threads(args.threads)
-    args.curve.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -411,13 +409,12 @@ def main() -> None:
             row["elapsed_s"] = round(time.time() - t0, 1)
             curve.append(row)
             print(" ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in row.items()), flush=True)
-            pd.DataFrame(curve).to_csv(args.curve.with_suffix(".tmp"), index=False)  # atomic: a stopped run keeps its curve
-            args.curve.with_suffix(".tmp").replace(args.curve)
+            frame = pd.DataFrame(curve)  # written whole at every step: a stopped run keeps its curve
+            atomic_write(args.curve, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     train_s = time.time() - t0
 
-    args.out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(state, str(args.out / "adapter.safetensors"), metadata={"format": "pt"})
+    atomic_write(args.out / "adapter.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
     model.eval()
     merged = model.merge_and_unload()
@@ -428,7 +425,7 @@ def main() -> None:
         base, _ = sensitivity(boot(base_hf, tok, vlens.models.DEFAULT_MODEL), data, "dev")
         dev = pd.concat([base.assign(model="base"), dev])
     dev = dev.assign(split="dev")
-    dev.to_csv(args.dev_csv, index=False)
+    atomic_write(args.dev_csv, lambda tmp: dev.to_csv(tmp, index=False))
     print(dev.round(3).to_string(index=False))
 
     org = dev[dev.model == "organism"]
